@@ -1,0 +1,100 @@
+"""The ``coldchain`` command line: demo, hub, agent and simulators.
+
+This module and ``coldchain.demo`` are the only places that import every package; each
+subcommand imports its side lazily, so a gateway with ``coldchain[agent]`` never loads the hub.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import secrets
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from coldchain.errors import ColdchainError
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def _run_hub(args: argparse.Namespace) -> int:
+    from hub.config import load_hub_config  # noqa: PLC0415
+    from hub.runtime import HubRuntime  # noqa: PLC0415
+
+    HubRuntime(load_hub_config(args.config)).run()
+    return 0
+
+
+def _make_token(args: argparse.Namespace) -> int:
+    import hashlib  # noqa: PLC0415
+
+    token = secrets.token_urlsafe(32)
+    digest = hashlib.sha256(token.encode()).hexdigest()
+    print(f"token (give it to the client, it is not stored): {token}")
+    print("add to the hub config:")
+    print(f'[[api.tokens]]\nname = "{args.name}"\nsha256 = "{digest}"\nscopes = ["read"]')
+    return 0
+
+
+def _run_agent(args: argparse.Namespace) -> int:
+    from edge_agent.config import load_agent_config  # noqa: PLC0415
+    from edge_agent.runtime import Agent  # noqa: PLC0415
+
+    Agent(load_agent_config(args.config)).run_until_signal()
+    return 0
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from coldchain.demo import run_demo  # noqa: PLC0415
+
+    return run_demo(broker_url=args.broker, api_port=args.api_port, duration_s=args.duration)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full argument parser (exposed for tests and shell completion)."""
+    parser = argparse.ArgumentParser(prog="coldchain", description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--log-level", default="WARNING", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    demo = commands.add_parser("demo", help="run broker, hub, three gateways and their probes in one process")
+    demo.add_argument("--broker", metavar="URL", help="use this broker (mqtt://host:port) instead of the embedded one")
+    demo.add_argument("--api-port", type=int, default=8000, help="HTTP API port (a free one is used if taken)")
+    demo.add_argument("--duration", type=float, metavar="S", help="stop by itself after S seconds")
+    demo.set_defaults(handler=_run_demo)
+
+    hub = commands.add_parser("hub", help="the hub: ingest, store, API").add_subparsers(dest="hub_command", required=True)
+    hub_run = hub.add_parser("run", help="run the hub until SIGINT/SIGTERM")
+    hub_run.add_argument("--config", type=Path, required=True)
+    hub_run.set_defaults(handler=_run_hub)
+    hub_token = hub.add_parser("token", help="make an API token and print the config entry holding its hash")
+    hub_token.add_argument("--name", default="api-client")
+    hub_token.set_defaults(handler=_make_token)
+
+    agent = commands.add_parser("agent", help="the gateway agent")
+    agent.add_argument("--config", type=Path, required=True)
+    agent.set_defaults(handler=_run_agent)
+
+    sim = commands.add_parser("sim", help="simulated devices on pseudo-terminals")
+    from firmware_sims.cli import add_sim_commands  # noqa: PLC0415
+
+    add_sim_commands(sim.add_subparsers(dest="sim_command", required=True))
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``coldchain`` command."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level, format=LOG_FORMAT, stream=sys.stderr)
+    try:
+        result: int = args.handler(args)
+    except ColdchainError as exc:
+        print(f"coldchain: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())

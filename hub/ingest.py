@@ -1,0 +1,281 @@
+"""Ingest: MQTT messages in, committed readings and end-to-end receipts out.
+
+``IngestPipeline`` is the core: it takes a group of raw messages, validates them, asks the ledger
+which batches are new, commits everything in one transaction and returns the receipts to send.
+``MqttIngest`` is the I/O edge around it: paho-mqtt 2 with ``manual_ack``, so the broker gets its
+PUBACK only after the group holding the message is committed. If the hub dies before that, the
+broker redelivers, and the ledger drops what was already stored.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+import msgspec
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.reasoncodes import ReasonCode
+
+from coldchain import topics
+from coldchain.errors import ContractError
+from coldchain.messages import DEFAULT_MAX_PAYLOAD_BYTES, GatewayStatus, Receipt, TelemetryBatch, decode, encode
+from coldchain.mqtt import MqttConfig, configure_client
+from hub.ledger import DeliveryLedger
+from hub.store import IngestWriter, Rejection, StoreError
+
+log = logging.getLogger(__name__)
+
+GROUP_MAX_MESSAGES: Final = 500
+"""Messages per transaction: large enough to amortise the fsync, small enough to ack promptly."""
+GROUP_MAX_WAIT_S: Final = 0.02
+"""Longest a message waits for its group to fill; bounds the added receipt latency."""
+COMMIT_RETRY_S: Final = 1.0
+"""Pause before retrying a failed commit (disk full, locked): the group is kept, never dropped."""
+RECONNECT_MIN_S: Final = 1
+RECONNECT_MAX_S: Final = 30
+SESSION_SUBSCRIPTIONS: Final = (topics.Channel.TELEMETRY, topics.Channel.STATUS)
+
+
+class IngestConfig(msgspec.Struct, forbid_unknown_fields=True):
+    """Tuning of the ingest pipeline."""
+
+    client_id: str = "coldchain-hub"
+    max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
+    group_max_messages: int = GROUP_MAX_MESSAGES
+    group_max_wait_s: float = GROUP_MAX_WAIT_S
+
+
+@dataclass(frozen=True)
+class Inbound:
+    """A message as received from the broker."""
+
+    topic: str
+    payload: bytes
+    received_ms: int
+    mid: int = 0
+    qos: int = 0
+    connection: int = 0
+    """Which broker connection delivered it: a mid is only meaningful on that connection."""
+
+
+class IngestStats:
+    """Counters of the pipeline, readable from any thread."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counts: Counter[str] = Counter()
+
+    def add(self, name: str, amount: int = 1) -> None:
+        """Increase counter ``name``."""
+        with self._lock:
+            self._counts[name] += amount
+
+    def snapshot(self) -> dict[str, int]:
+        """A copy of every counter."""
+        with self._lock:
+            return dict(self._counts)
+
+
+class IngestPipeline:
+    """Validate, deduplicate and commit groups of messages; return receipts to publish."""
+
+    def __init__(
+        self,
+        writer: IngestWriter,
+        *,
+        max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
+        stats: IngestStats | None = None,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._writer = writer
+        self._ledger = DeliveryLedger(writer.load_cursors())
+        self._max_payload_bytes = max_payload_bytes
+        self.stats = stats or IngestStats()
+        self._wall_clock = wall_clock
+
+    def process(self, group: Sequence[Inbound]) -> list[Receipt]:
+        """Commit ``group`` atomically; raise ``StoreError`` (nothing changed) if the commit fails."""
+        batches: list[TelemetryBatch] = []
+        statuses: list[GatewayStatus] = []
+        rejections: list[Rejection] = []
+        for message in group:
+            try:
+                parsed = self._parse(message)
+            except ContractError as exc:
+                rejections.append(Rejection(message.topic, exc.reason, str(exc), message.payload, message.received_ms))
+                continue
+            if isinstance(parsed, TelemetryBatch):
+                batches.append(parsed)
+            else:
+                statuses.append(parsed)
+        plan = self._ledger.plan(batches)
+        now_ms = int(self._wall_clock() * 1000)
+        self._writer.commit(plan, rejections, statuses, now_ms)
+        self._ledger.apply(plan)
+
+        stats = self.stats
+        stats.add("messages", len(group))
+        stats.add("batches_stored", len(plan.new_batches))
+        stats.add("readings_stored", sum(len(b.readings) for b in plan.new_batches))
+        stats.add("duplicates", plan.duplicates)
+        stats.add("gaps", len(plan.gaps))
+        for rejection in rejections:
+            stats.add(f"rejected_{rejection.reason}")
+            log.warning("set aside message on %s: %s", rejection.topic, rejection.detail)
+        for gap in plan.gaps:
+            log.warning("gateway %s released seqs %d..%d unreceipted", gap.gateway_id, gap.first_seq, gap.last_seq)
+        return [
+            Receipt(gateway_id=gateway_id, acked_seq=cursor.acked_seq, ts_ms=now_ms)
+            for gateway_id, cursor in plan.cursors.items()
+        ]
+
+    def _parse(self, message: Inbound) -> TelemetryBatch | GatewayStatus:
+        gateway_id, channel = topics.parse_topic(message.topic)
+        parsed: TelemetryBatch | GatewayStatus
+        if channel is topics.Channel.TELEMETRY:
+            parsed = decode(message.payload, TelemetryBatch, max_bytes=self._max_payload_bytes)
+        elif channel is topics.Channel.STATUS:
+            parsed = decode(message.payload, GatewayStatus, max_bytes=self._max_payload_bytes)
+        else:
+            raise ContractError("unexpected_channel", f"the hub does not ingest {channel.value} yet")
+        if parsed.gateway_id != gateway_id:
+            raise ContractError(
+                "id_mismatch", f"payload gateway_id {parsed.gateway_id!r} differs from topic gateway {gateway_id!r}"
+            )
+        return parsed
+
+
+class MqttIngest:
+    """Runs an ``IngestPipeline`` against a broker: a paho network thread and one writer thread."""
+
+    def __init__(
+        self, pipeline: IngestPipeline, mqtt: MqttConfig, config: IngestConfig, *, allow_placeholder_secret: bool = False
+    ) -> None:
+        self._pipeline = pipeline
+        self._mqtt = mqtt
+        self._config = config
+        self._inbox: queue.Queue[Inbound] = queue.Queue()
+        self._stop = threading.Event()
+        self._connected = threading.Event()
+        self._connection = 0
+        client = paho.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=config.client_id,
+            clean_session=False,  # the broker keeps our subscription and queues while we are away
+            protocol=paho.MQTTv311,
+            manual_ack=True,
+        )
+        configure_client(client, mqtt, allow_placeholder_secret=allow_placeholder_secret)
+        client.reconnect_delay_set(RECONNECT_MIN_S, RECONNECT_MAX_S)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        self._client = client
+        self._writer_thread = threading.Thread(target=self._write_loop, name="hub-ingest-writer", daemon=True)
+
+    @property
+    def connected(self) -> bool:
+        """Whether the broker connection is up."""
+        return self._connected.is_set()
+
+    def start(self) -> None:
+        """Connect (retrying in the background) and start committing."""
+        self._writer_thread.start()
+        self._client.connect_async(self._mqtt.host, self._mqtt.port, keepalive=self._mqtt.keepalive_s)
+        self._client.loop_start()
+
+    def stop(self) -> None:
+        """Stop taking messages, finish the group in hand and disconnect."""
+        self._stop.set()
+        self._writer_thread.join(timeout=10)
+        self._client.disconnect()
+        self._client.loop_stop()
+
+    def _on_connect(
+        self,
+        client: paho.Client,
+        _userdata: object,
+        _flags: paho.ConnectFlags,
+        reason_code: ReasonCode,
+        _properties: object,
+    ) -> None:
+        if reason_code.is_failure:
+            log.error("broker refused the hub: %s", reason_code)
+            return
+        log.info("hub connected to %s:%d", self._mqtt.host, self._mqtt.port)
+        self._connection += 1
+        self._connected.set()
+        client.subscribe([(topics.subscription_for(channel), 1) for channel in SESSION_SUBSCRIPTIONS])
+
+    def _on_disconnect(self, *_args: object) -> None:
+        self._connected.clear()
+
+    def _on_message(self, _client: paho.Client, _userdata: object, msg: paho.MQTTMessage) -> None:
+        self._inbox.put(
+            Inbound(msg.topic, bytes(msg.payload), int(time.time() * 1000), msg.mid, msg.qos, self._connection)
+        )
+
+    def _write_loop(self) -> None:
+        while not self._stop.is_set():
+            group = self._next_group()
+            while group:
+                try:
+                    receipts = self._pipeline.process(group)
+                except StoreError as exc:
+                    self._pipeline.stats.add("commit_failures")
+                    log.error("%s; retrying in %.0f s", exc, COMMIT_RETRY_S)
+                    if self._stop.wait(COMMIT_RETRY_S):
+                        return  # unacked: the broker redelivers to the next hub
+                    continue
+                for message in group:
+                    # After a reconnect the broker redelivers unacked messages under new mids;
+                    # acking an old mid could confirm a different message.
+                    if message.qos > 0 and message.connection == self._connection:
+                        self._client.ack(message.mid, message.qos)
+                for receipt in receipts:
+                    self._publish_receipt(receipt)
+                group = []
+
+    def _next_group(self) -> list[Inbound]:
+        try:
+            first = self._inbox.get(timeout=0.2)
+        except queue.Empty:
+            return []
+        group = [first]
+        deadline = time.monotonic() + self._config.group_max_wait_s
+        while len(group) < self._config.group_max_messages:
+            try:
+                group.append(self._inbox.get_nowait())
+            except queue.Empty:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                try:
+                    group.append(self._inbox.get(timeout=remaining))
+                except queue.Empty:
+                    break
+        return group
+
+    def _publish_receipt(self, receipt: Receipt) -> None:
+        info = self._client.publish(
+            topics.topic_for(receipt.gateway_id, topics.Channel.ACK), encode(receipt), qos=1, retain=True
+        )
+        if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
+            log.warning("receipt for %s not queued: %s", receipt.gateway_id, info.rc)
+
+    def wait_connected(self, timeout_s: float) -> bool:
+        """Block until connected or ``timeout_s`` passed."""
+        return self._connected.wait(timeout_s)
+
+
+def open_pipeline(db_path: Path, config: IngestConfig, stats: IngestStats | None = None) -> IngestPipeline:
+    """Open the store at ``db_path`` and build a pipeline on it."""
+    return IngestPipeline(IngestWriter(db_path), max_payload_bytes=config.max_payload_bytes, stats=stats)

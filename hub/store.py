@@ -1,0 +1,302 @@
+"""The hub's SQLite store: readings, per-gateway delivery state, gaps and set-aside messages.
+
+One connection per thread: the ingest writer owns a write connection, API requests open read
+connections (WAL lets them read while the writer commits). ``synchronous=FULL`` because the hub
+acknowledges MQTT and receipts a gateway only after a commit: a commit that a power cut could
+undo would turn that receipt into a lost batch.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import closing, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+from coldchain.errors import ColdchainError
+from coldchain.messages import GatewayStatus, TelemetryBatch
+from hub.ledger import Cursor, Plan
+
+BUSY_TIMEOUT_S: Final = 10.0
+"""A reader never blocks the writer in WAL mode; this only covers checkpoints and migrations."""
+
+REJECTED_PAYLOAD_KEEP_BYTES: Final = 4096
+"""Enough of a bad payload to diagnose it, without letting garbage fill the disk."""
+
+# Each entry moves the schema one version up; applied in order inside a transaction.
+MIGRATIONS: Final[tuple[str, ...]] = (
+    """
+    CREATE TABLE gateways (
+        gateway_id   TEXT PRIMARY KEY,
+        acked_seq    INTEGER NOT NULL DEFAULT 0,
+        boot_id      TEXT,
+        first_seen_ms INTEGER NOT NULL,
+        last_seen_ms INTEGER NOT NULL,
+        batches      INTEGER NOT NULL DEFAULT 0,
+        readings     INTEGER NOT NULL DEFAULT 0,
+        status       TEXT,
+        status_ms    INTEGER
+    );
+    CREATE TABLE batches (
+        gateway_id  TEXT NOT NULL,
+        seq         INTEGER NOT NULL,
+        boot_id     TEXT NOT NULL,
+        received_ms INTEGER NOT NULL,
+        reading_count INTEGER NOT NULL,
+        PRIMARY KEY (gateway_id, seq)
+    ) WITHOUT ROWID;
+    CREATE TABLE readings (
+        gateway_id TEXT NOT NULL,
+        sensor_id  TEXT NOT NULL,
+        quantity   TEXT NOT NULL,
+        ts_ms      INTEGER NOT NULL,
+        value      REAL NOT NULL,
+        quality    TEXT NOT NULL,
+        seq        INTEGER NOT NULL
+    );
+    CREATE INDEX readings_series ON readings (gateway_id, sensor_id, quantity, ts_ms);
+    CREATE TABLE latest (
+        gateway_id TEXT NOT NULL,
+        sensor_id  TEXT NOT NULL,
+        quantity   TEXT NOT NULL,
+        ts_ms      INTEGER NOT NULL,
+        value      REAL NOT NULL,
+        quality    TEXT NOT NULL,
+        PRIMARY KEY (gateway_id, sensor_id, quantity)
+    ) WITHOUT ROWID;
+    CREATE TABLE gaps (
+        gateway_id  TEXT NOT NULL,
+        first_seq   INTEGER NOT NULL,
+        last_seq    INTEGER NOT NULL,
+        boot_id     TEXT NOT NULL,
+        detected_ms INTEGER NOT NULL
+    );
+    CREATE TABLE rejected (
+        id          INTEGER PRIMARY KEY,
+        received_ms INTEGER NOT NULL,
+        topic       TEXT NOT NULL,
+        reason      TEXT NOT NULL,
+        detail      TEXT NOT NULL,
+        payload_size INTEGER NOT NULL,
+        payload     BLOB NOT NULL
+    );
+    """,
+)
+
+
+class StoreError(ColdchainError):
+    """The store could not be opened, migrated or written."""
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """A message set aside: where it came from, why, and the start of its payload."""
+
+    topic: str
+    reason: str
+    detail: str
+    payload: bytes
+    received_ms: int
+
+
+@dataclass(frozen=True)
+class GatewayRow:
+    """A gateway as the API shows it."""
+
+    gateway_id: str
+    acked_seq: int
+    boot_id: str | None
+    first_seen_ms: int
+    last_seen_ms: int
+    batches: int
+    readings: int
+    status: str | None
+    status_ms: int | None
+
+
+@dataclass(frozen=True)
+class LatestReading:
+    """The newest reading of one series."""
+
+    gateway_id: str
+    sensor_id: str
+    quantity: str
+    ts_ms: int
+    value: float
+    quality: str
+
+
+def connect(path: Path) -> sqlite3.Connection:
+    """Open ``path`` with the pragmas every connection of the hub uses."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute("PRAGMA foreign_keys=ON")
+    except (OSError, sqlite3.Error) as exc:
+        raise StoreError(f"cannot open store {path}: {exc}") from exc
+    return conn
+
+
+def migrate(conn: sqlite3.Connection) -> int:
+    """Bring the schema up to date; return the version it is now at."""
+    (version,) = conn.execute("PRAGMA user_version").fetchone()
+    for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for statement in filter(str.strip, script.split(";")):
+                conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {number}")
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            conn.execute("ROLLBACK")
+            raise StoreError(f"migration to schema {number} failed: {exc}") from exc
+    return len(MIGRATIONS)
+
+
+class IngestWriter:
+    """The single writer of telemetry: commits one plan (a group of messages) per transaction."""
+
+    def __init__(self, path: Path) -> None:
+        self._conn = connect(path)
+        migrate(self._conn)
+
+    def load_cursors(self) -> dict[str, Cursor]:
+        """Read every gateway's delivery cursor, including seqs committed above ``acked_seq``."""
+        cursors = {
+            gateway_id: Cursor(acked_seq)
+            for gateway_id, acked_seq in self._conn.execute("SELECT gateway_id, acked_seq FROM gateways")
+        }
+        rows = self._conn.execute(
+            "SELECT b.gateway_id, b.seq FROM batches b JOIN gateways g USING (gateway_id) WHERE b.seq > g.acked_seq"
+        )
+        for gateway_id, seq in rows:
+            cursors[gateway_id].committed_above.add(seq)
+        return cursors
+
+    def commit(self, plan: Plan, rejections: Sequence[Rejection], statuses: Sequence[GatewayStatus], now_ms: int) -> None:
+        """Write a plan's batches, gaps and cursors, plus rejections and statuses, atomically."""
+        conn = self._conn
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            self._write_batches(plan.new_batches, now_ms)
+            self._write_cursors(plan.cursors, now_ms)
+            conn.executemany(
+                "INSERT INTO gaps (gateway_id, first_seq, last_seq, boot_id, detected_ms) VALUES (?, ?, ?, ?, ?)",
+                [(g.gateway_id, g.first_seq, g.last_seq, g.boot_id, now_ms) for g in plan.gaps],
+            )
+            conn.executemany(
+                "INSERT INTO rejected (received_ms, topic, reason, detail, payload_size, payload)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                [
+                    (r.received_ms, r.topic, r.reason, r.detail, len(r.payload), r.payload[:REJECTED_PAYLOAD_KEEP_BYTES])
+                    for r in rejections
+                ],
+            )
+            for status in statuses:
+                self._write_status(status, now_ms)
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise StoreError(f"commit of {len(plan.new_batches)} batches failed: {exc}") from exc
+
+    def _write_batches(self, batches: Sequence[TelemetryBatch], now_ms: int) -> None:
+        conn = self._conn
+        conn.executemany(
+            "INSERT INTO batches (gateway_id, seq, boot_id, received_ms, reading_count) VALUES (?, ?, ?, ?, ?)",
+            [(b.gateway_id, b.seq, b.boot_id, now_ms, len(b.readings)) for b in batches],
+        )
+        conn.executemany(
+            "INSERT INTO readings (gateway_id, sensor_id, quantity, ts_ms, value, quality, seq)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [
+                (b.gateway_id, r.sensor_id, r.quantity.value, r.ts_ms, r.value, r.quality.value, b.seq)
+                for b in batches
+                for r in b.readings
+            ],
+        )
+        newest: dict[tuple[str, str, str], tuple[int, float, str]] = {}
+        for b in batches:
+            for r in b.readings:
+                key = (b.gateway_id, r.sensor_id, r.quantity.value)
+                if key not in newest or r.ts_ms >= newest[key][0]:
+                    newest[key] = (r.ts_ms, r.value, r.quality.value)
+        conn.executemany(
+            "INSERT INTO latest (gateway_id, sensor_id, quantity, ts_ms, value, quality) VALUES (?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT (gateway_id, sensor_id, quantity) DO UPDATE SET"
+            " ts_ms = excluded.ts_ms, value = excluded.value, quality = excluded.quality"
+            " WHERE excluded.ts_ms >= latest.ts_ms",
+            [(*key, *val) for key, val in newest.items()],
+        )
+        per_gateway: dict[str, tuple[str, int, int]] = {}
+        for b in batches:
+            _, count, readings = per_gateway.get(b.gateway_id, ("", 0, 0))
+            per_gateway[b.gateway_id] = (b.boot_id, count + 1, readings + len(b.readings))
+        conn.executemany(
+            "INSERT INTO gateways (gateway_id, boot_id, first_seen_ms, last_seen_ms, batches, readings)"
+            " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (gateway_id) DO UPDATE SET boot_id = excluded.boot_id,"
+            " last_seen_ms = excluded.last_seen_ms, batches = batches + excluded.batches,"
+            " readings = readings + excluded.readings",
+            [(gw, boot, now_ms, now_ms, n, r) for gw, (boot, n, r) in per_gateway.items()],
+        )
+
+    def _write_cursors(self, cursors: Mapping[str, Cursor], now_ms: int) -> None:
+        self._conn.executemany(
+            "INSERT INTO gateways (gateway_id, acked_seq, first_seen_ms, last_seen_ms) VALUES (?, ?, ?, ?)"
+            " ON CONFLICT (gateway_id) DO UPDATE SET acked_seq = excluded.acked_seq",
+            [(gw, cursor.acked_seq, now_ms, now_ms) for gw, cursor in cursors.items()],
+        )
+
+    def _write_status(self, status: GatewayStatus, now_ms: int) -> None:
+        self._conn.execute(
+            "INSERT INTO gateways (gateway_id, boot_id, first_seen_ms, last_seen_ms, status, status_ms)"
+            " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (gateway_id) DO UPDATE SET status = excluded.status,"
+            " status_ms = excluded.status_ms WHERE gateways.status_ms IS NULL OR excluded.status_ms >= gateways.status_ms",
+            (status.gateway_id, status.boot_id, now_ms, now_ms, status.state, status.ts_ms),
+        )
+
+    def close(self) -> None:
+        """Close the write connection."""
+        self._conn.close()
+
+
+class ReadStore:
+    """Queries for the API; opens a short-lived connection per call so threads never share one."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+
+    @contextmanager
+    def _connection(self) -> Iterator[sqlite3.Connection]:
+        with closing(connect(self._path)) as conn:
+            yield conn
+
+    def gateways(self) -> list[GatewayRow]:
+        """Every gateway the hub has heard from, by id."""
+        with self._connection() as conn:
+            rows = conn.execute(
+                "SELECT gateway_id, acked_seq, boot_id, first_seen_ms, last_seen_ms, batches, readings, status,"
+                " status_ms FROM gateways ORDER BY gateway_id"
+            ).fetchall()
+        return [GatewayRow(*row) for row in rows]
+
+    def latest(self, gateway_id: str | None = None) -> list[LatestReading]:
+        """The newest reading of every series, optionally of one gateway only."""
+        query = "SELECT gateway_id, sensor_id, quantity, ts_ms, value, quality FROM latest"
+        params: tuple[str, ...] = ()
+        if gateway_id is not None:
+            query += " WHERE gateway_id = ?"
+            params = (gateway_id,)
+        with self._connection() as conn:
+            rows = conn.execute(query + " ORDER BY gateway_id, sensor_id, quantity", params).fetchall()
+        return [LatestReading(*row) for row in rows]
+
+    def reading_count(self) -> int:
+        """Rows in the readings table (used by tests and the demo)."""
+        with self._connection() as conn:
+            (count,) = conn.execute("SELECT count(*) FROM readings").fetchone()
+        return int(count)
