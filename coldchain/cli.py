@@ -63,7 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--duration", type=float, metavar="S", help="stop by itself after S seconds")
     demo.set_defaults(handler=_run_demo)
 
-    hub = commands.add_parser("hub", help="the hub: ingest, store, API").add_subparsers(dest="hub_command", required=True)
+    hub = commands.add_parser("hub", help="the hub: ingest, store, API").add_subparsers(
+        dest="hub_command", required=True
+    )
     hub_run = hub.add_parser("run", help="run the hub until SIGINT/SIGTERM")
     hub_run.add_argument("--config", type=Path, required=True)
     hub_run.set_defaults(handler=_run_hub)

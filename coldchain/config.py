@@ -19,7 +19,9 @@ from coldchain.errors import ConfigError
 T = TypeVar("T")
 
 # Values people paste from samples and forget to change; refused outside the demo.
-PLACEHOLDER_SECRETS: Final = frozenset({"", "changeme", "change-me", "change_me", "password", "secret", "admin", "test"})
+PLACEHOLDER_SECRETS: Final = frozenset(
+    {"", "changeme", "change-me", "change_me", "password", "secret", "admin", "test"}
+)
 MIN_SECRET_LENGTH: Final = 12
 """Shorter secrets are guessable by an online attack against the broker within days."""
 

@@ -99,7 +99,7 @@ class EmbeddedBroker:
 
         try:
             asyncio.run(serve())
-        except Exception as exc:  # noqa: BLE001 - reported to the starting thread
+        except Exception as exc:
             self._error = exc
             self._ready.set()
 
@@ -148,72 +148,77 @@ def run_demo(*, broker_url: str | None, api_port: int, duration_s: float | None)
 
     signal.signal(signal.SIGINT, _request_stop)
     signal.signal(signal.SIGTERM, _request_stop)
-    with _quiet_third_party_logs(), tempfile.TemporaryDirectory(prefix="coldchain-demo-") as workdir:
-        with contextlib.ExitStack() as running:
-            if broker_url is None:
-                broker = EmbeddedBroker(_free_port())
-                broker.start()
-                running.callback(broker.stop)
-                mqtt = MqttConfig(port=broker.port)
-                broker_label = f"mqtt://127.0.0.1:{broker.port} (embedded amqtt)"
-            else:
-                mqtt = _parse_broker_url(broker_url)
-                broker_label = broker_url
+    with (
+        _quiet_third_party_logs(),
+        tempfile.TemporaryDirectory(prefix="coldchain-demo-") as workdir,
+        contextlib.ExitStack() as running,
+    ):
+        if broker_url is None:
+            broker = EmbeddedBroker(_free_port())
+            broker.start()
+            running.callback(broker.stop)
+            mqtt = MqttConfig(port=broker.port)
+            broker_label = f"mqtt://127.0.0.1:{broker.port} (embedded amqtt)"
+        else:
+            mqtt = _parse_broker_url(broker_url)
+            broker_label = broker_url
 
-            token = secrets.token_urlsafe(24)
-            port = _free_port(api_port)
-            hub = HubRuntime(
-                HubConfig(
-                    mqtt=mqtt,
-                    store=StoreConfig(path=str(Path(workdir) / "hub.sqlite3")),
-                    api=ApiConfig(
-                        port=port,
-                        tokens=[ApiToken("demo", hashlib.sha256(token.encode()).hexdigest(), ["read"])],
-                    ),
+        token = secrets.token_urlsafe(24)
+        port = _free_port(api_port)
+        hub = HubRuntime(
+            HubConfig(
+                mqtt=mqtt,
+                store=StoreConfig(path=str(Path(workdir) / "hub.sqlite3")),
+                api=ApiConfig(
+                    port=port,
+                    tokens=[ApiToken("demo", hashlib.sha256(token.encode()).hexdigest(), ["read"])],
                 ),
-                demo=True,
+            ),
+            demo=True,
+        )
+        hub.start_in_thread()
+        running.callback(hub.stop)
+
+        for index, gateway in enumerate(GATEWAYS):
+            sim = ProbeBusSimulator(
+                [
+                    ProbeSpec(
+                        address=address, set_point_c=set_point, door_rate_per_hour=doors, seed=index * 10 + address
+                    )
+                    for address, (_, set_point, doors) in enumerate(gateway.probes, start=1)
+                ]
             )
-            hub.start_in_thread()
-            running.callback(hub.stop)
+            sim.start()
+            running.callback(sim.stop)
+            config = AgentConfig(
+                gateway_id=gateway.gateway_id,
+                state_dir=str(Path(workdir) / gateway.gateway_id),
+                buses=[
+                    BusConfig(
+                        kind=DriverKind.MODBUS_RTU_PROBE,
+                        port=str(sim.path),
+                        probes=[
+                            ProbeConfig(sensor_id=sensor_id, address=address)
+                            for address, (sensor_id, _, _) in enumerate(gateway.probes, start=1)
+                        ],
+                    )
+                ],
+                mqtt=mqtt,
+                sampling=DEMO_SAMPLING,
+            )
+            agent = Agent(check_agent_config(config, source="demo", demo=True), demo=True)
+            agent.start()
+            running.callback(agent.stop)
 
-            for index, gateway in enumerate(GATEWAYS):
-                sim = ProbeBusSimulator(
-                    [
-                        ProbeSpec(address=address, set_point_c=set_point, door_rate_per_hour=doors, seed=index * 10 + address)
-                        for address, (_, set_point, doors) in enumerate(gateway.probes, start=1)
-                    ]
-                )
-                sim.start()
-                running.callback(sim.stop)
-                config = AgentConfig(
-                    gateway_id=gateway.gateway_id,
-                    state_dir=str(Path(workdir) / gateway.gateway_id),
-                    buses=[
-                        BusConfig(
-                            kind=DriverKind.MODBUS_RTU_PROBE,
-                            port=str(sim.path),
-                            probes=[
-                                ProbeConfig(sensor_id=sensor_id, address=address)
-                                for address, (sensor_id, _, _) in enumerate(gateway.probes, start=1)
-                            ],
-                        )
-                    ],
-                    mqtt=mqtt,
-                    sampling=DEMO_SAMPLING,
-                )
-                agent = Agent(check_agent_config(config, source="demo", demo=True), demo=True)
-                agent.start()
-                running.callback(agent.stop)
-
-            api = f"http://127.0.0.1:{port}"
-            print("coldchain demo: 3 gateways x 2 probes -> broker -> hub (SQLite)")
-            print(f"  broker  {broker_label}")
-            print(f"  API     {api}/docs  (OpenAPI)   health: {api}/healthz")
-            print(f"  token   {token}")
-            print(f"          curl -H 'Authorization: Bearer {token}' {api}/api/v1/readings/latest")
-            print("  Ctrl-C stops everything.", flush=True)
-            _print_live(hub, stop, duration_s)
-            print("\nstopping...", flush=True)
+        api = f"http://127.0.0.1:{port}"
+        print("coldchain demo: 3 gateways x 2 probes -> broker -> hub (SQLite)")
+        print(f"  broker  {broker_label}")
+        print(f"  API     {api}/docs  (OpenAPI)   health: {api}/healthz")
+        print(f"  token   {token}")
+        print(f"          curl -H 'Authorization: Bearer {token}' {api}/api/v1/readings/latest")
+        print("  Ctrl-C stops everything.", flush=True)
+        _print_live(hub, stop, duration_s)
+        print("\nstopping...", flush=True)
     print("demo stopped cleanly.", flush=True)
     return 0
 
@@ -237,7 +242,7 @@ def _print_sensor_lines(hub: HubRuntime) -> None:
         series.setdefault(key, {})[row.quantity] = row.value
         newest_ms[key] = max(newest_ms.get(key, 0), row.ts_ms)
     stored = hub.pipeline.stats.snapshot().get("readings_stored", 0)
-    print(f"[{datetime.now():%H:%M:%S}] hub has stored {stored} readings")  # noqa: DTZ005 - local time for a person
+    print(f"[{datetime.now():%H:%M:%S}] hub has stored {stored} readings")
     for key, values in sorted(series.items()):
         temperature = values.get("temperature", float("nan"))
         humidity = values.get("humidity", float("nan"))

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import enum
 import math
+from dataclasses import dataclass
 from typing import Annotated, Any, Final, Literal, TypeVar, cast
 
 import msgspec
@@ -114,6 +115,39 @@ class GatewayStatus(msgspec.Struct, tag_field="schema", tag="cc.status/1", froze
     agent_version: Annotated[str, msgspec.Meta(max_length=64)]
 
 
+class _TelemetryEnvelope(
+    msgspec.Struct, tag_field="schema", tag="cc.telemetry/1", frozen=True, forbid_unknown_fields=True
+):
+    """A telemetry batch whose readings are checked one by one (the salvage path)."""
+
+    gateway_id: GatewayId
+    boot_id: BootId
+    seq: Seq
+    oldest_held_seq: Seq
+    readings: Annotated[list[msgspec.Raw], msgspec.Meta(min_length=1, max_length=MAX_READINGS_PER_BATCH)]
+
+    def __post_init__(self) -> None:
+        if self.oldest_held_seq > self.seq:
+            raise ValueError(f"oldest_held_seq {self.oldest_held_seq} is above seq {self.seq}")
+
+
+@dataclass(frozen=True)
+class InvalidReading:
+    """A reading refused inside an otherwise valid batch: its index, raw bytes and the reason."""
+
+    index: int
+    raw: bytes
+    detail: str
+
+
+@dataclass(frozen=True)
+class DecodedTelemetry:
+    """A telemetry batch holding its valid readings, and the readings that were refused."""
+
+    batch: TelemetryBatch
+    invalid_readings: list[InvalidReading]
+
+
 Message = TelemetryBatch | Receipt | GatewayStatus
 M = TypeVar("M", TelemetryBatch, Receipt, GatewayStatus)
 
@@ -123,6 +157,8 @@ _DECODERS: Final[dict[type[Message], msgspec.json.Decoder[Any]]] = {
     Receipt: msgspec.json.Decoder(Receipt),
     GatewayStatus: msgspec.json.Decoder(GatewayStatus),
 }
+_ENVELOPE_DECODER: Final = msgspec.json.Decoder(_TelemetryEnvelope)
+_READING_DECODER: Final = msgspec.json.Decoder(Reading)
 
 
 def encode(message: Message) -> bytes:
@@ -144,3 +180,38 @@ def decode(payload: bytes, message_type: type[M], *, max_bytes: int = DEFAULT_MA
         raise ContractError("invalid", f"{message_type.__name__} rejected: {exc}") from exc
     except msgspec.DecodeError as exc:
         raise ContractError("malformed", f"{message_type.__name__} is not valid JSON: {exc}") from exc
+
+
+def decode_telemetry(payload: bytes, *, max_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES) -> DecodedTelemetry:
+    """Decode a telemetry batch, salvaging the valid readings of a batch that holds invalid ones.
+
+    One out-of-range value must not cost the batch's other readings, nor block the gateway (a
+    batch the hub never receipts would be re-sent forever). So when the strict decode fails, the
+    envelope is decoded alone and each reading checked on its own; the batch keeps the good ones
+    (possibly none) and the bad ones are returned for the hub to set aside. A broken envelope
+    (no usable ``gateway_id`` / ``seq``) still raises ``ContractError``.
+    """
+    try:
+        return DecodedTelemetry(decode(payload, TelemetryBatch, max_bytes=max_bytes), [])
+    except ContractError as strict_error:
+        if strict_error.reason != "invalid":
+            raise
+        try:
+            envelope = _ENVELOPE_DECODER.decode(payload)
+        except msgspec.DecodeError:
+            raise strict_error from None
+    readings: list[Reading] = []
+    invalid: list[InvalidReading] = []
+    for index, raw in enumerate(envelope.readings):
+        try:
+            readings.append(_READING_DECODER.decode(raw))
+        except msgspec.DecodeError as exc:
+            invalid.append(InvalidReading(index, bytes(raw), f"reading {index} of seq {envelope.seq}: {exc}"))
+    batch = TelemetryBatch(
+        gateway_id=envelope.gateway_id,
+        boot_id=envelope.boot_id,
+        seq=envelope.seq,
+        oldest_held_seq=envelope.oldest_held_seq,
+        readings=readings,
+    )
+    return DecodedTelemetry(batch, invalid)

@@ -10,6 +10,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
+from typing import Final
 
 import coldchain
 from coldchain.messages import Reading
@@ -20,6 +21,10 @@ from edge_agent.sampler import Sampler
 from edge_agent.uplink import Uplink
 
 log = logging.getLogger(__name__)
+
+DRAIN_TIMEOUT_S: Final = 10.0
+"""How long a clean stop waits for receipts of what is buffered (systemd's stop timeout is 90 s)."""
+DRAIN_POLL_S: Final = 0.05
 
 
 def build_driver(bus: BusConfig) -> Driver:
@@ -62,16 +67,35 @@ class Agent:
 
     def start(self) -> None:
         """Start sampling and sending."""
-        log.info("gateway %s starting (boot %s, seq after %d)", self.config.gateway_id, self.boot_id, self._resume_after)
+        log.info(
+            "gateway %s starting (boot %s, seq after %d)", self.config.gateway_id, self.boot_id, self._resume_after
+        )
         self.uplink.start(resume_after_seq=self._resume_after)
         self.sampler.start()
 
     def stop(self) -> None:
-        """Stop sampling, then the uplink, then release the ports."""
+        """Stop sampling, give the uplink a moment to get what is buffered receipted, then stop it.
+
+        The in-memory buffer loses what is still unreceipted when the process ends, so a clean
+        stop drains while the broker is reachable, for at most ``DRAIN_TIMEOUT_S``.
+        """
         self.sampler.stop()
+        deadline = time.monotonic() + DRAIN_TIMEOUT_S
+        while self.buffer.depth()[0] and self.uplink.state().connected and time.monotonic() < deadline:
+            time.sleep(DRAIN_POLL_S)
         self.uplink.stop()
         for driver in self.drivers:
             driver.close()
+        batches, readings = self.buffer.depth()
+        state = self.uplink.state()
+        log.info(
+            "gateway %s stopped: %d readings sampled, receipted through seq %d, %d batches (%d readings) unreceipted",
+            self.config.gateway_id,
+            self.sampler.readings_sampled,
+            state.acked_seq,
+            batches,
+            readings,
+        )
 
     def run_until_signal(self) -> None:
         """Run in the foreground until SIGINT or SIGTERM."""

@@ -38,6 +38,7 @@ class Sampler:
         self._monotonic = monotonic
         self._pending: list[Reading] = []
         self._pending_since: float | None = None
+        self.readings_sampled = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="sampler", daemon=True)
 
@@ -59,6 +60,7 @@ class Sampler:
                 if self._pending_since is None:
                     self._pending_since = self._monotonic()
                 self._pending.extend(readings)
+                self.readings_sampled += len(readings)
                 if self._on_readings is not None:
                     self._on_readings(readings)
         while len(self._pending) >= self._config.batch_max_readings:

@@ -50,7 +50,9 @@ def load_hub_config(path: Path) -> HubConfig:
     """Load and check a hub config: an API without a token is refused, as is an anonymous broker login."""
     config = load_toml(path, HubConfig)
     if not config.api.tokens:
-        raise ConfigError("[api] needs at least one [[api.tokens]] entry; make one with `coldchain hub token`", source=str(path))
+        raise ConfigError(
+            "[api] needs at least one [[api.tokens]] entry; make one with `coldchain hub token`", source=str(path)
+        )
     if config.mqtt.username is None:
         raise ConfigError("[mqtt] username is required: the broker must not accept anonymous clients", source=str(path))
     return config

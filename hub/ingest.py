@@ -26,7 +26,16 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from coldchain import topics
 from coldchain.errors import ContractError
-from coldchain.messages import DEFAULT_MAX_PAYLOAD_BYTES, GatewayStatus, Receipt, TelemetryBatch, decode, encode
+from coldchain.messages import (
+    DEFAULT_MAX_PAYLOAD_BYTES,
+    DecodedTelemetry,
+    GatewayStatus,
+    Receipt,
+    TelemetryBatch,
+    decode,
+    decode_telemetry,
+    encode,
+)
 from coldchain.mqtt import MqttConfig, configure_client
 from hub.ledger import DeliveryLedger
 from hub.store import IngestWriter, Rejection, StoreError
@@ -112,8 +121,12 @@ class IngestPipeline:
             except ContractError as exc:
                 rejections.append(Rejection(message.topic, exc.reason, str(exc), message.payload, message.received_ms))
                 continue
-            if isinstance(parsed, TelemetryBatch):
-                batches.append(parsed)
+            if isinstance(parsed, DecodedTelemetry):
+                batches.append(parsed.batch)
+                rejections.extend(
+                    Rejection(message.topic, "invalid_reading", bad.detail, bad.raw, message.received_ms)
+                    for bad in parsed.invalid_readings
+                )
             else:
                 statuses.append(parsed)
         plan = self._ledger.plan(batches)
@@ -137,18 +150,20 @@ class IngestPipeline:
             for gateway_id, cursor in plan.cursors.items()
         ]
 
-    def _parse(self, message: Inbound) -> TelemetryBatch | GatewayStatus:
+    def _parse(self, message: Inbound) -> DecodedTelemetry | GatewayStatus:
         gateway_id, channel = topics.parse_topic(message.topic)
-        parsed: TelemetryBatch | GatewayStatus
+        parsed: DecodedTelemetry | GatewayStatus
         if channel is topics.Channel.TELEMETRY:
-            parsed = decode(message.payload, TelemetryBatch, max_bytes=self._max_payload_bytes)
+            parsed = decode_telemetry(message.payload, max_bytes=self._max_payload_bytes)
+            payload_gateway = parsed.batch.gateway_id
         elif channel is topics.Channel.STATUS:
             parsed = decode(message.payload, GatewayStatus, max_bytes=self._max_payload_bytes)
+            payload_gateway = parsed.gateway_id
         else:
             raise ContractError("unexpected_channel", f"the hub does not ingest {channel.value} yet")
-        if parsed.gateway_id != gateway_id:
+        if payload_gateway != gateway_id:
             raise ContractError(
-                "id_mismatch", f"payload gateway_id {parsed.gateway_id!r} differs from topic gateway {gateway_id!r}"
+                "id_mismatch", f"payload gateway_id {payload_gateway!r} differs from topic gateway {gateway_id!r}"
             )
         return parsed
 
@@ -157,7 +172,12 @@ class MqttIngest:
     """Runs an ``IngestPipeline`` against a broker: a paho network thread and one writer thread."""
 
     def __init__(
-        self, pipeline: IngestPipeline, mqtt: MqttConfig, config: IngestConfig, *, allow_placeholder_secret: bool = False
+        self,
+        pipeline: IngestPipeline,
+        mqtt: MqttConfig,
+        config: IngestConfig,
+        *,
+        allow_placeholder_secret: bool = False,
     ) -> None:
         self._pipeline = pipeline
         self._mqtt = mqtt

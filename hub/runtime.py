@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import signal
 import threading
+from collections.abc import Iterator
 from pathlib import Path
+from types import FrameType
 
 import uvicorn
 
@@ -14,6 +18,18 @@ from hub.ingest import MqttIngest, open_pipeline
 from hub.store import ReadStore
 
 log = logging.getLogger(__name__)
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its own signal handling.
+
+    uvicorn re-raises a captured SIGTERM after serving, which would end the process before the
+    ingest threads stop; the hub installs its own handlers instead.
+    """
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
 
 
 class HubRuntime:
@@ -30,13 +46,19 @@ class HubRuntime:
             mqtt_connected=lambda: self.ingest.connected,
             ingest_counters=self.pipeline.stats.snapshot,
         )
-        self._server = uvicorn.Server(
+        self._server = _Server(
             uvicorn.Config(app, host=config.api.host, port=config.api.port, log_level="warning", lifespan="off")
         )
         self._thread: threading.Thread | None = None
 
     def run(self) -> None:
-        """Serve until SIGINT or SIGTERM (uvicorn handles both in the main thread), then stop cleanly."""
+        """Serve until SIGINT or SIGTERM, then stop cleanly."""
+
+        def _request_exit(_signum: int, _frame: FrameType | None) -> None:
+            self._server.should_exit = True
+
+        signal.signal(signal.SIGINT, _request_exit)
+        signal.signal(signal.SIGTERM, _request_exit)
         self.ingest.start()
         try:
             self._server.run()

@@ -177,7 +177,9 @@ class IngestWriter:
             cursors[gateway_id].committed_above.add(seq)
         return cursors
 
-    def commit(self, plan: Plan, rejections: Sequence[Rejection], statuses: Sequence[GatewayStatus], now_ms: int) -> None:
+    def commit(
+        self, plan: Plan, rejections: Sequence[Rejection], statuses: Sequence[GatewayStatus], now_ms: int
+    ) -> None:
         """Write a plan's batches, gaps and cursors, plus rejections and statuses, atomically."""
         conn = self._conn
         try:
@@ -192,7 +194,14 @@ class IngestWriter:
                 "INSERT INTO rejected (received_ms, topic, reason, detail, payload_size, payload)"
                 " VALUES (?, ?, ?, ?, ?, ?)",
                 [
-                    (r.received_ms, r.topic, r.reason, r.detail, len(r.payload), r.payload[:REJECTED_PAYLOAD_KEEP_BYTES])
+                    (
+                        r.received_ms,
+                        r.topic,
+                        r.reason,
+                        r.detail,
+                        len(r.payload),
+                        r.payload[:REJECTED_PAYLOAD_KEEP_BYTES],
+                    )
                     for r in rejections
                 ],
             )
@@ -255,7 +264,8 @@ class IngestWriter:
         self._conn.execute(
             "INSERT INTO gateways (gateway_id, boot_id, first_seen_ms, last_seen_ms, status, status_ms)"
             " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (gateway_id) DO UPDATE SET status = excluded.status,"
-            " status_ms = excluded.status_ms WHERE gateways.status_ms IS NULL OR excluded.status_ms >= gateways.status_ms",
+            " status_ms = excluded.status_ms"
+            " WHERE gateways.status_ms IS NULL OR excluded.status_ms >= gateways.status_ms",
             (status.gateway_id, status.boot_id, now_ms, now_ms, status.state, status.ts_ms),
         )
 

@@ -1,0 +1,1 @@
+"""The gateway program: serial drivers, sampling loop, store-and-forward buffer, MQTT publisher."""

@@ -1,0 +1,146 @@
+"""Fixtures of the integration tests: a real Mosquitto, hub and agent processes, simulated probes."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from firmware_sims.probe import ProbeBusSimulator
+from firmware_sims.xymd02 import ProbeSpec
+from tests.support.hub import API_TOKEN, Hub
+from tests.support.processes import Child
+from tests.support.servers import Mosquitto, free_port, require_binary
+
+
+@pytest.fixture(scope="session")
+def mosquitto_binary() -> str:
+    return require_binary("mosquitto", "mosquitto")
+
+
+@pytest.fixture
+def broker_factory(mosquitto_binary: str, tmp_path: Path) -> Iterator[Callable[..., Mosquitto]]:
+    started: list[Mosquitto] = []
+
+    def make(**options: object) -> Mosquitto:
+        workdir = tmp_path / f"broker{len(started)}"
+        workdir.mkdir()
+        broker = Mosquitto(mosquitto_binary, workdir, **options)  # type: ignore[arg-type]
+        broker.start()
+        started.append(broker)
+        return broker
+
+    yield make
+    for broker in started:
+        broker.stop()
+
+
+@pytest.fixture
+def broker(broker_factory: Callable[..., Mosquitto]) -> Mosquitto:
+    return broker_factory()
+
+
+@pytest.fixture
+def hub_factory(tmp_path: Path) -> Iterator[Callable[[Mosquitto], Hub]]:
+    hubs: list[Hub] = []
+
+    def make(broker: Mosquitto) -> Hub:
+        workdir = tmp_path / f"hub{len(hubs)}"
+        workdir.mkdir()
+        api_port = free_port()
+        config = workdir / "hub.toml"
+        config.write_text(
+            f"""
+[mqtt]
+port = {broker.port}
+username = "hub"
+
+[store]
+path = "{workdir / "hub.sqlite3"}"
+
+[api]
+port = {api_port}
+
+[[api.tokens]]
+name = "tests"
+sha256 = "{hashlib.sha256(API_TOKEN.encode()).hexdigest()}"
+scopes = ["read"]
+"""
+        )
+        hub = Hub(
+            Child("hub", ["hub", "run", "--config", str(config)], workdir),
+            workdir / "hub.sqlite3",
+            f"http://127.0.0.1:{api_port}",
+        )
+        hubs.append(hub)
+        return hub
+
+    yield make
+    for hub in hubs:
+        hub.child.ensure_dead()
+
+
+@pytest.fixture
+def probe_bus() -> Iterator[ProbeBusSimulator]:
+    sim = ProbeBusSimulator([ProbeSpec(address=1, set_point_c=3.0), ProbeSpec(address=2, set_point_c=-18.0, seed=7)])
+    sim.start()
+    yield sim
+    sim.stop()
+
+
+@pytest.fixture
+def agent_factory(tmp_path: Path) -> Iterator[Callable[..., Child]]:
+    agents: list[Child] = []
+
+    def make(
+        broker: Mosquitto,
+        sim: ProbeBusSimulator,
+        *,
+        gateway_id: str = "gw-test-1",
+        interval_s: float = 0.1,
+        batch_max_age_s: float = 0.2,
+        resend_timeout_s: float = 2.0,
+        window_batches: int = 64,
+    ) -> Child:
+        workdir = tmp_path / f"agent-{gateway_id}-{len(agents)}"
+        workdir.mkdir()
+        config = workdir / "agent.toml"
+        config.write_text(
+            f"""
+gateway_id = "{gateway_id}"
+state_dir = "{workdir / "state"}"
+
+[mqtt]
+port = {broker.port}
+username = "{gateway_id}"
+
+[sampling]
+interval_s = {interval_s}
+batch_max_age_s = {batch_max_age_s}
+
+[delivery]
+resend_timeout_s = {resend_timeout_s}
+window_batches = {window_batches}
+
+[[buses]]
+kind = "modbus_rtu_probe"
+port = "{sim.path}"
+
+[[buses.probes]]
+sensor_id = "chiller"
+address = 1
+
+[[buses.probes]]
+sensor_id = "freezer"
+address = 2
+"""
+        )
+        agent = Child("agent", ["agent", "--config", str(config)], workdir)
+        agents.append(agent)
+        return agent
+
+    yield make
+    for agent in agents:
+        agent.ensure_dead()

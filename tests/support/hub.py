@@ -1,0 +1,50 @@
+"""A hub process under test, with its store and API at hand."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from contextlib import closing
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from tests.support.processes import Child
+
+API_TOKEN = "integration-test-token-0123456789"
+
+
+@dataclass
+class Hub:
+    child: Child
+    db_path: Path
+    api_url: str
+
+    def wait_ready(self, timeout_s: float = 20) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            assert self.child.running, self.child.log()
+            try:
+                health = httpx.get(f"{self.api_url}/healthz", timeout=1).json()
+                if health["mqtt_connected"]:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise TimeoutError(f"hub not ready:\n{self.child.log()}")
+
+    def start(self) -> Hub:
+        self.child.start()
+        self.wait_ready()
+        return self
+
+    def query(self, sql: str, *params: object) -> list[tuple[object, ...]]:
+        with closing(sqlite3.connect(self.db_path)) as conn:
+            return conn.execute(sql, params).fetchall()
+
+    def scalar(self, sql: str, *params: object) -> int:
+        return int(self.query(sql, *params)[0][0] or 0)
+
+    def get(self, path: str) -> httpx.Response:
+        return httpx.get(f"{self.api_url}{path}", headers={"Authorization": f"Bearer {API_TOKEN}"}, timeout=5)
