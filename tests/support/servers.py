@@ -62,8 +62,11 @@ class Mosquitto:
         lines = [
             f"listener {self.port} 127.0.0.1",
             "persistence false",
+            # As root, mosquitto would switch to the mosquitto user, who cannot enter pytest's 0700
+            # temporary directories; as any other user this line has no effect.
+            "user root",
             f"max_queued_messages {max_queued_messages}",
-            "log_dest stderr",  # a file would need write access for the unprivileged user mosquitto drops to
+            "log_dest stderr",
             "log_type error",
             "log_type warning",
             "log_type notice",

@@ -1,0 +1,96 @@
+"""The ``coldchain`` command line as a user runs it: the demo, the simulator, config samples, tokens."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from coldchain.cli import main
+from coldchain.errors import ConfigError
+from edge_agent.config import load_agent_config
+from hub.config import load_hub_config
+
+REPO = Path(__file__).resolve().parents[2]
+SENSOR_LINE = re.compile(r"^\s+(gw-\S+)\s+(\S+)\s+(-?\d+\.\d) °C\s+(\d+\.\d) %RH", re.MULTILINE)
+
+
+def test_demo_shows_every_sensor_live_and_stops_cleanly_on_ctrl_c() -> None:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "coldchain", "demo", "--api-port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    time.sleep(14)
+    process.send_signal(signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=30)
+
+    assert process.returncode == 0, stderr
+    assert "Traceback" not in stderr + stdout
+    assert re.search(r"API\s+http://127\.0\.0\.1:\d+/docs", stdout)
+    sensors = {(gw, sensor) for gw, sensor, _, _ in SENSOR_LINE.findall(stdout)}
+    assert len(sensors) == 6, stdout  # three gateways with two probes each, read back from the hub
+    assert "demo stopped cleanly." in stdout
+    with pytest.raises(ProcessLookupError):
+        os.killpg(process.pid, 0)  # nothing of the demo's process group outlives it
+
+
+def test_sim_probe_prints_the_device_it_serves_and_answers_there(tmp_path: Path) -> None:
+    from edge_agent.drivers.xymd02_probe import ModbusProbeBus, ProbeSpec  # noqa: PLC0415
+
+    process = subprocess.Popen(
+        [sys.executable, "-m", "coldchain", "sim", "probe", "--address", "3", "--set-point", "-18"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        device = process.stdout.readline().strip()
+        assert Path(device).exists()
+        bus = ModbusProbeBus(device, 9600, [ProbeSpec(sensor_id="freezer", address=3)])
+        readings = bus.poll()
+        bus.close()
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=10) == 0
+    temperature = next(r.value for r in readings if r.quantity == "temperature")
+    assert -19.5 < temperature < -16.5
+
+
+def test_the_sample_configs_are_valid() -> None:
+    agent = load_agent_config(REPO / "config/agent.toml")
+    assert agent.mqtt.username == agent.gateway_id
+    assert [p.address for p in agent.buses[0].probes] == [1, 2]
+    hub = load_hub_config(REPO / "config/hub.toml")
+    assert hub.api.tokens
+
+
+def test_hub_config_without_token_is_refused(tmp_path: Path) -> None:
+    config = tmp_path / "hub.toml"
+    config.write_text('[mqtt]\nusername = "hub"\n')
+    with pytest.raises(ConfigError, match="api.tokens"):
+        load_hub_config(config)
+
+
+def test_agent_with_bad_config_exits_2_naming_the_field(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "agent.toml"
+    config.write_text('gateway_id = "GW 1"\nstate_dir = "x"\nbuses = []\n')
+    assert main(["agent", "--config", str(config)]) == 2
+    assert "$.gateway_id" in capsys.readouterr().err
+
+
+def test_hub_token_prints_a_token_and_the_hash_to_configure(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["hub", "token", "--name", "grafana"]) == 0
+    out = capsys.readouterr().out
+    token = re.search(r"token \(give it to the client, it is not stored\): (\S+)", out)
+    assert token is not None
+    assert f'sha256 = "{hashlib.sha256(token.group(1).encode()).hexdigest()}"' in out
