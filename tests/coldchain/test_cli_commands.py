@@ -77,7 +77,7 @@ def test_the_sample_configs_are_valid() -> None:
 def test_hub_config_without_token_is_refused(tmp_path: Path) -> None:
     config = tmp_path / "hub.toml"
     config.write_text('[mqtt]\nusername = "hub"\n')
-    with pytest.raises(ConfigError, match="api.tokens"):
+    with pytest.raises(ConfigError, match=r"api\.tokens"):
         load_hub_config(config)
 
 

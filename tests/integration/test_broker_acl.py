@@ -28,7 +28,7 @@ def secured_broker(broker_factory: Callable[..., Mosquitto], tmp_path: Path) -> 
     password_file = tmp_path / "coldchain.passwd"
     for user, password in PASSWORDS.items():
         flags = ["-b"] if password_file.exists() else ["-c", "-b"]
-        subprocess.run([passwd, *flags, str(password_file), user, password], check=True)  # noqa: S603
+        subprocess.run([passwd, *flags, str(password_file), user, password], check=True)
     return broker_factory(password_file=password_file, acl_file=REPO / "config/mosquitto/coldchain.acl")
 
 
