@@ -32,6 +32,8 @@ def load_toml(path: Path, config_type: type[T]) -> T:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except OSError as exc:
         raise ConfigError(f"cannot read config: {exc.strerror}", source=str(path)) from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"not UTF-8 text (byte {exc.start}): {exc.reason}", source=str(path)) from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"not valid TOML: {exc}", source=str(path)) from exc
     return convert(raw, config_type, source=str(path))
@@ -57,6 +59,8 @@ def resolve_secret(*, name: str, file: str | None, env: str | None, allow_placeh
             value = Path(file).read_text(encoding="utf-8").strip()
         except OSError as exc:
             raise ConfigError(f"cannot read secret {name} from {file}: {exc.strerror}") from exc
+        except UnicodeDecodeError:
+            raise ConfigError(f"secret {name} in {file} is not UTF-8 text") from None  # the bytes stay out of logs
     elif env:
         value = os.environ.get(env)
         if value is None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import enum
 import math
 from dataclasses import dataclass
-from typing import Annotated, Any, Final, Literal, TypeVar, cast
+from typing import Annotated, Any, Final, Literal, TypeVar
 
 import msgspec
 
@@ -35,8 +35,8 @@ MAX_SEQ: Final = 2**63 - 1
 """seq is stored in signed 64-bit database columns."""
 
 GatewayId = Annotated[str, msgspec.Meta(pattern=GATEWAY_ID_PATTERN)]
-SensorId = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")]
-BootId = Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{32}$")]
+SensorId = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}\Z")]
+BootId = Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{32}\Z")]
 Seq = Annotated[int, msgspec.Meta(ge=1, le=MAX_SEQ)]
 TimestampMs = Annotated[int, msgspec.Meta(ge=MIN_TS_MS, le=MAX_TS_MS)]
 
@@ -152,12 +152,18 @@ Message = TelemetryBatch | Receipt | GatewayStatus
 M = TypeVar("M", TelemetryBatch, Receipt, GatewayStatus)
 
 _ENCODER: Final = msgspec.json.Encoder()
+
+
+class _NoSchema(msgspec.Struct, tag_field="schema", tag=""):
+    """Never a message. msgspec treats the tag of a struct decoded on its own as optional, which
+    would guess the version; decoding ``T | _NoSchema`` makes ``schema`` mandatory and exact."""
+
+
 _DECODERS: Final[dict[type[Message], msgspec.json.Decoder[Any]]] = {
-    TelemetryBatch: msgspec.json.Decoder(TelemetryBatch),
-    Receipt: msgspec.json.Decoder(Receipt),
-    GatewayStatus: msgspec.json.Decoder(GatewayStatus),
+    message_type: msgspec.json.Decoder(message_type | _NoSchema)
+    for message_type in (TelemetryBatch, Receipt, GatewayStatus)
 }
-_ENVELOPE_DECODER: Final = msgspec.json.Decoder(_TelemetryEnvelope)
+_ENVELOPE_DECODER: Final = msgspec.json.Decoder(_TelemetryEnvelope | _NoSchema)
 _READING_DECODER: Final = msgspec.json.Decoder(Reading)
 
 
@@ -175,11 +181,14 @@ def decode(payload: bytes, message_type: type[M], *, max_bytes: int = DEFAULT_MA
     if len(payload) > max_bytes:
         raise ContractError("too_large", f"payload of {len(payload)} bytes exceeds the limit of {max_bytes}")
     try:
-        return cast(M, _DECODERS[message_type].decode(payload))
+        message = _DECODERS[message_type].decode(payload)
     except msgspec.ValidationError as exc:
         raise ContractError("invalid", f"{message_type.__name__} rejected: {exc}") from exc
     except msgspec.DecodeError as exc:
         raise ContractError("malformed", f"{message_type.__name__} is not valid JSON: {exc}") from exc
+    if not isinstance(message, message_type):
+        raise ContractError("invalid", f"{message_type.__name__} rejected: empty value - at `$.schema`")
+    return message
 
 
 def decode_telemetry(payload: bytes, *, max_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES) -> DecodedTelemetry:
@@ -200,6 +209,8 @@ def decode_telemetry(payload: bytes, *, max_bytes: int = DEFAULT_MAX_PAYLOAD_BYT
             envelope = _ENVELOPE_DECODER.decode(payload)
         except msgspec.DecodeError:
             raise strict_error from None
+        if not isinstance(envelope, _TelemetryEnvelope):
+            raise strict_error
     readings: list[Reading] = []
     invalid: list[InvalidReading] = []
     for index, raw in enumerate(envelope.readings):

@@ -14,7 +14,9 @@ from coldchain.errors import ContractError
 TOPIC_ROOT = "cc/v1/gw"
 
 # Gateway ids become topic levels and MQTT usernames: no wildcards, no separators, bounded length.
-GATEWAY_ID_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
+GATEWAY_ID_CHARS = r"[a-z0-9][a-z0-9_-]{0,62}"
+# \Z, not $: Python's $ also matches before a trailing newline, which would let "gw-1\n" through.
+GATEWAY_ID_PATTERN = rf"^{GATEWAY_ID_CHARS}\Z"
 _GATEWAY_ID_RE = re.compile(GATEWAY_ID_PATTERN)
 
 

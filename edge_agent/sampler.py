@@ -64,7 +64,8 @@ class Sampler:
                 if self._on_readings is not None:
                     self._on_readings(readings)
         while len(self._pending) >= self._config.batch_max_readings:
-            self._cut(self._config.batch_max_readings)
+            if not self._cut(self._config.batch_max_readings):
+                return  # the buffer refused; the readings wait for the next tick
         due = self._pending_since is not None and (
             self._monotonic() - self._pending_since >= self._config.batch_max_age_s
         )
@@ -76,15 +77,16 @@ class Sampler:
         if self._pending:
             self._cut(len(self._pending))
 
-    def _cut(self, count: int) -> None:
+    def _cut(self, count: int) -> bool:
         readings, rest = self._pending[:count], self._pending[count:]
         try:
             self._buffer.append(readings)
         except BufferError:
             log.exception("cannot buffer %d readings; keeping them for the next try", len(readings))
-            return
+            return False
         self._pending = rest
         self._pending_since = self._monotonic() if rest else None
+        return True
 
     def _run(self) -> None:
         interval = self._config.interval_s

@@ -13,7 +13,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
 
 import coldchain
-from coldchain.topics import GATEWAY_ID_PATTERN
+from coldchain.topics import GATEWAY_ID_CHARS
 from hub.config import ApiToken
 from hub.store import ReadStore
 
@@ -129,7 +129,8 @@ def create_app(
     @app.get("/api/v1/readings/latest", dependencies=read_scope, tags=["readings"])
     def latest_readings(
         store: StoreDep,
-        gateway_id: Annotated[str | None, Query(pattern=GATEWAY_ID_PATTERN)] = None,
+        # pydantic's regex engine (Rust) has no \Z, and its $ matches only at the very end.
+        gateway_id: Annotated[str | None, Query(pattern=f"^{GATEWAY_ID_CHARS}$")] = None,
     ) -> list[Reading]:
         return [
             Reading(

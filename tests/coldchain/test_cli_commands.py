@@ -30,15 +30,24 @@ def test_demo_shows_every_sensor_live_and_stops_cleanly_on_ctrl_c() -> None:
         text=True,
         start_new_session=True,
     )
-    time.sleep(14)
+    assert process.stdout is not None
+    lines: list[str] = []
+    sensors: set[tuple[str, str]] = set()
+    deadline = time.monotonic() + 60
+    while len(sensors) < 6 and time.monotonic() < deadline:  # three gateways with two probes each
+        line = process.stdout.readline()
+        if not line:
+            break
+        lines.append(line)
+        sensors.update((gw, sensor) for gw, sensor, _, _ in SENSOR_LINE.findall(line))
     process.send_signal(signal.SIGINT)
-    stdout, stderr = process.communicate(timeout=30)
+    rest, stderr = process.communicate(timeout=30)
+    stdout = "".join(lines) + rest
 
+    assert len(sensors) == 6, stdout  # read back from the hub's store, so each made the whole trip
     assert process.returncode == 0, stderr
     assert "Traceback" not in stderr + stdout
     assert re.search(r"API\s+http://127\.0\.0\.1:\d+/docs", stdout)
-    sensors = {(gw, sensor) for gw, sensor, _, _ in SENSOR_LINE.findall(stdout)}
-    assert len(sensors) == 6, stdout  # three gateways with two probes each, read back from the hub
     assert "demo stopped cleanly." in stdout
     with pytest.raises(ProcessLookupError):
         os.killpg(process.pid, 0)  # nothing of the demo's process group outlives it

@@ -1,0 +1,391 @@
+"""IngestPipeline over a real SQLite file: dedup across groups and restarts, receipts, rejections, atomicity."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from coldchain.messages import GatewayStatus, Quality, Quantity, Reading, Receipt, TelemetryBatch, encode
+from coldchain.topics import Channel, topic_for
+from hub.ingest import Inbound, IngestPipeline
+from hub.store import MIGRATIONS, REJECTED_PAYLOAD_KEEP_BYTES, IngestWriter, ReadStore, StoreError, connect, migrate
+
+BOOT = "0123456789abcdef0123456789abcdef"
+TS = 1_700_000_000_000
+NOW_S = 1_800_000_000.0
+NOW_MS = int(NOW_S * 1000)
+
+
+def make_batch(
+    gateway_id: str,
+    seq: int,
+    *,
+    oldest: int = 1,
+    readings: list[Reading] | None = None,
+) -> TelemetryBatch:
+    if readings is None:
+        readings = [
+            Reading("probe-1", Quantity.TEMPERATURE, TS + seq * 1000, 4.0 + seq / 10),
+            Reading("probe-1", Quantity.HUMIDITY, TS + seq * 1000, 80.0),
+        ]
+    return TelemetryBatch(gateway_id=gateway_id, boot_id=BOOT, seq=seq, oldest_held_seq=oldest, readings=readings)
+
+
+def telemetry(gateway_id: str, seq: int, **kwargs) -> Inbound:
+    return Inbound(topic_for(gateway_id, Channel.TELEMETRY), encode(make_batch(gateway_id, seq, **kwargs)), NOW_MS)
+
+
+def status(gateway_id: str, state: str, ts_ms: int) -> Inbound:
+    message = GatewayStatus(gateway_id=gateway_id, boot_id=BOOT, state=state, ts_ms=ts_ms, agent_version="0.1.0")
+    return Inbound(topic_for(gateway_id, Channel.STATUS), encode(message), NOW_MS)
+
+
+class Hub:
+    """A pipeline on a database file, reopenable to play a restart."""
+
+    def __init__(self, path: Path, **kwargs) -> None:
+        self.path = path
+        self.kwargs = kwargs
+        self.writer = IngestWriter(path)
+        self.pipeline = IngestPipeline(self.writer, wall_clock=lambda: NOW_S, **kwargs)
+
+    def restart(self) -> None:
+        self.writer.close()
+        self.writer = IngestWriter(self.path)
+        self.pipeline = IngestPipeline(self.writer, wall_clock=lambda: NOW_S, **self.kwargs)
+
+    def process(self, *messages: Inbound) -> dict[str, int]:
+        return {r.gateway_id: r.acked_seq for r in self.pipeline.process(list(messages))}
+
+    def query(self, sql: str, *params: object) -> list[tuple]:
+        with sqlite3.connect(self.path) as conn:
+            return conn.execute(sql, params).fetchall()
+
+    def readings_per_batch(self) -> dict[tuple[str, int], int]:
+        rows = self.query("SELECT gateway_id, seq, count(*) FROM readings GROUP BY gateway_id, seq")
+        return {(gw, seq): count for gw, seq, count in rows}
+
+    def stored_batches(self) -> list[tuple[str, int]]:
+        return self.query("SELECT gateway_id, seq FROM batches ORDER BY gateway_id, seq")
+
+
+@pytest.fixture
+def hub(tmp_path):
+    h = Hub(tmp_path / "hub.db")
+    yield h
+    h.writer.close()
+
+
+def test_in_order_batches_are_stored_and_receipted(hub):
+    receipts = hub.pipeline.process([telemetry("gw-1", 1), telemetry("gw-1", 2)])
+    assert receipts == [Receipt(gateway_id="gw-1", acked_seq=2, ts_ms=NOW_MS)]
+    assert hub.readings_per_batch() == {("gw-1", 1): 2, ("gw-1", 2): 2}
+    assert ReadStore(hub.path).reading_count() == 4
+    stats = hub.pipeline.stats.snapshot()
+    assert stats["messages"] == 2
+    assert stats["batches_stored"] == 2
+    assert stats["readings_stored"] == 4
+    assert stats["duplicates"] == 0
+    rows = hub.query("SELECT sensor_id, quantity, ts_ms, value, quality, seq FROM readings WHERE seq = 1")
+    assert sorted(rows) == [
+        ("probe-1", "humidity", TS + 1000, 80.0, "good", 1),
+        ("probe-1", "temperature", TS + 1000, 4.1, "good", 1),
+    ]
+
+
+def test_repeated_groups_store_each_batch_once(hub):
+    assert hub.process(telemetry("gw-1", 1), telemetry("gw-1", 2)) == {"gw-1": 2}
+    assert hub.process(telemetry("gw-1", 2), telemetry("gw-1", 1), telemetry("gw-1", 3)) == {"gw-1": 3}
+    assert hub.process(telemetry("gw-1", 3), telemetry("gw-1", 3)) == {"gw-1": 3}
+    assert hub.readings_per_batch() == {("gw-1", 1): 2, ("gw-1", 2): 2, ("gw-1", 3): 2}
+    stats = hub.pipeline.stats.snapshot()
+    assert stats["batches_stored"] == 3
+    assert stats["duplicates"] == 4
+    assert stats["messages"] == 7
+    [row] = ReadStore(hub.path).gateways()
+    assert (row.gateway_id, row.acked_seq, row.batches, row.readings) == ("gw-1", 3, 3, 6)
+
+
+def test_receipts_per_touched_gateway(hub):
+    receipts = hub.process(telemetry("gw-a", 1), telemetry("gw-b", 2), telemetry("gw-b", 1), telemetry("gw-c", 2))
+    assert receipts == {"gw-a": 1, "gw-b": 2, "gw-c": 0}
+    # only gateways in the group get a receipt, with their cumulative acked_seq
+    assert hub.process(telemetry("gw-c", 1)) == {"gw-c": 2}
+    assert hub.process(telemetry("gw-a", 1)) == {"gw-a": 1}
+
+
+def test_restart_loads_cursors_including_seqs_committed_above_acked(hub):
+    assert hub.process(telemetry("gw-1", 1), telemetry("gw-1", 3), telemetry("gw-1", 5)) == {"gw-1": 1}
+    assert hub.process(telemetry("gw-2", 1), telemetry("gw-2", 2)) == {"gw-2": 2}
+    hub.restart()
+    # resends after the restart: 3 and 5 are already stored above acked, 1 below it
+    assert hub.process(telemetry("gw-1", 3), telemetry("gw-1", 5), telemetry("gw-1", 1)) == {"gw-1": 1}
+    assert hub.pipeline.stats.snapshot()["duplicates"] == 3
+    assert hub.pipeline.stats.snapshot().get("batches_stored", 0) == 0
+    assert hub.process(telemetry("gw-1", 2)) == {"gw-1": 3}
+    hub.restart()
+    assert hub.process(telemetry("gw-1", 4), telemetry("gw-2", 2)) == {"gw-1": 5, "gw-2": 2}
+    assert hub.process(telemetry("gw-1", 6)) == {"gw-1": 6}
+    assert hub.stored_batches() == [("gw-1", s) for s in range(1, 7)] + [("gw-2", 1), ("gw-2", 2)]
+    assert set(hub.readings_per_batch().values()) == {2}
+
+
+def test_gap_is_recorded_and_receipted_past(hub):
+    assert hub.process(telemetry("gw-1", 1)) == {"gw-1": 1}
+    assert hub.process(telemetry("gw-1", 6, oldest=5)) == {"gw-1": 4}
+    assert hub.query("SELECT gateway_id, first_seq, last_seq, boot_id, detected_ms FROM gaps") == [
+        ("gw-1", 2, 4, BOOT, NOW_MS)
+    ]
+    assert hub.pipeline.stats.snapshot()["gaps"] == 1
+    assert hub.process(telemetry("gw-1", 5, oldest=5)) == {"gw-1": 6}
+    hub.restart()
+    assert hub.process(telemetry("gw-1", 6, oldest=5)) == {"gw-1": 6}
+    assert len(hub.query("SELECT * FROM gaps")) == 1
+    assert hub.stored_batches() == [("gw-1", 1), ("gw-1", 5), ("gw-1", 6)]
+
+
+def rejected_rows(hub) -> list[tuple]:
+    return hub.query("SELECT topic, reason, detail, payload_size, payload, received_ms FROM rejected ORDER BY id")
+
+
+def test_malformed_payload_is_set_aside_truncated(hub):
+    garbage = b"\x00not json" + b"x" * (REJECTED_PAYLOAD_KEEP_BYTES * 2)
+    topic = topic_for("gw-1", Channel.TELEMETRY)
+    assert hub.process(Inbound(topic, garbage, NOW_MS - 5), telemetry("gw-1", 1)) == {"gw-1": 1}
+    [(row_topic, reason, detail, size, payload, received_ms)] = rejected_rows(hub)
+    assert (row_topic, reason, size, received_ms) == (topic, "malformed", len(garbage), NOW_MS - 5)
+    assert payload == garbage[:REJECTED_PAYLOAD_KEEP_BYTES]
+    assert "not valid JSON" in detail
+    stats = hub.pipeline.stats.snapshot()
+    assert stats["rejected_malformed"] == 1
+    assert stats["batches_stored"] == 1
+
+
+def test_small_rejected_payload_is_kept_whole(hub):
+    topic = topic_for("gw-1", Channel.TELEMETRY)
+    hub.process(Inbound(topic, b"{", NOW_MS))
+    [(_, reason, _, size, payload, _)] = rejected_rows(hub)
+    assert (reason, size, payload) == ("malformed", 1, b"{")
+
+
+def test_too_large_payload_is_rejected(tmp_path):
+    hub = Hub(tmp_path / "hub.db", max_payload_bytes=200)
+    try:
+        big = telemetry("gw-1", 1, readings=[Reading("probe-1", Quantity.TEMPERATURE, TS, 1.0)] * 20)
+        small = telemetry("gw-1", 2, readings=[Reading("probe-1", Quantity.TEMPERATURE, TS, 1.0)])
+        assert len(big.payload) > 200 >= len(small.payload)
+        assert hub.process(big, small) == {"gw-1": 0}
+        [(_, reason, detail, size, payload, _)] = rejected_rows(hub)
+        assert reason == "too_large"
+        assert size == len(big.payload)
+        assert payload == big.payload
+        assert "200" in detail
+        assert hub.pipeline.stats.snapshot()["rejected_too_large"] == 1
+        assert hub.stored_batches() == [("gw-1", 2)]
+    finally:
+        hub.writer.close()
+
+
+def test_contract_violations_are_set_aside_with_their_reason(hub):
+    wrong_gateway = Inbound(topic_for("gw-1", Channel.TELEMETRY), encode(make_batch("gw-2", 1)), NOW_MS)
+    bad_topic = Inbound("other/gw-1/telemetry", encode(make_batch("gw-1", 1)), NOW_MS)
+    rfid = Inbound(topic_for("gw-1", Channel.RFID), b"{}", NOW_MS)
+    invalid = Inbound(
+        topic_for("gw-1", Channel.TELEMETRY),
+        msgspec.json.encode({"schema": "cc.telemetry/1", "gateway_id": "gw-1", "seq": 0}),
+        NOW_MS,
+    )
+    status_mismatch = Inbound(
+        topic_for("gw-1", Channel.STATUS),
+        encode(GatewayStatus(gateway_id="gw-9", boot_id=BOOT, state="online", ts_ms=TS, agent_version="x")),
+        NOW_MS,
+    )
+    assert hub.process(wrong_gateway, bad_topic, rfid, invalid, status_mismatch) == {}
+    reasons = [row[1] for row in rejected_rows(hub)]
+    assert reasons == ["id_mismatch", "bad_topic", "unexpected_channel", "invalid", "id_mismatch"]
+    details = [row[2] for row in rejected_rows(hub)]
+    assert "gw-2" in details[0]
+    assert "$.seq" in details[3]
+    stats = hub.pipeline.stats.snapshot()
+    assert stats["rejected_id_mismatch"] == 2
+    assert stats["rejected_bad_topic"] == 1
+    assert stats["rejected_unexpected_channel"] == 1
+    assert stats["rejected_invalid"] == 1
+    assert stats["messages"] == 5
+    assert stats.get("batches_stored", 0) == 0
+    assert hub.stored_batches() == []
+    assert ReadStore(hub.path).gateways() == []
+
+
+def test_invalid_readings_are_set_aside_and_the_batch_receipted(hub):
+    good = Reading("probe-1", Quantity.TEMPERATURE, TS, 3.5)
+    doc = msgspec.json.decode(encode(make_batch("gw-1", 1, readings=[good, good])))
+    doc["readings"][1][3] = 900.0
+    message = Inbound(topic_for("gw-1", Channel.TELEMETRY), msgspec.json.encode(doc), NOW_MS)
+    assert hub.process(message) == {"gw-1": 1}
+    assert hub.readings_per_batch() == {("gw-1", 1): 1}
+    [(_, reason, detail, size, payload, _)] = rejected_rows(hub)
+    assert reason == "invalid_reading"
+    assert msgspec.json.decode(payload) == doc["readings"][1]
+    assert size == len(payload)
+    assert "reading 1 of seq 1" in detail
+    stats = hub.pipeline.stats.snapshot()
+    assert stats["rejected_invalid_reading"] == 1
+    assert stats["readings_stored"] == 1
+    # a resend of the same batch is a duplicate: neither the reading nor the rejection is stored again
+    assert hub.process(message) == {"gw-1": 1}
+    assert hub.readings_per_batch() == {("gw-1", 1): 1}
+
+
+def test_status_messages_update_gateways(hub):
+    hub.process(status("gw-1", "online", TS))
+    [row] = ReadStore(hub.path).gateways()
+    assert (row.gateway_id, row.status, row.status_ms, row.boot_id, row.acked_seq) == ("gw-1", "online", TS, BOOT, 0)
+    hub.process(status("gw-1", "offline", TS + 10))
+    [row] = ReadStore(hub.path).gateways()
+    assert (row.status, row.status_ms) == ("offline", TS + 10)
+    # a stale retained message arriving late does not overwrite a newer state
+    hub.process(status("gw-1", "online", TS + 5))
+    [row] = ReadStore(hub.path).gateways()
+    assert (row.status, row.status_ms) == ("offline", TS + 10)
+    hub.process(telemetry("gw-1", 1))
+    [row] = ReadStore(hub.path).gateways()
+    assert (row.status, row.acked_seq, row.batches) == ("offline", 1, 1)
+
+
+def test_status_receives_no_receipt(hub):
+    assert hub.pipeline.process([status("gw-1", "online", TS)]) == []
+
+
+def test_gateways_are_listed_by_id(hub):
+    hub.process(telemetry("gw-b", 1), telemetry("gw-a", 1), status("gw-c", "online", TS))
+    assert [row.gateway_id for row in ReadStore(hub.path).gateways()] == ["gw-a", "gw-b", "gw-c"]
+
+
+def test_latest_keeps_the_newest_by_timestamp_even_when_older_arrives_later(hub):
+    def one(seq: int, ts_ms: int, value: float, quality: Quality = Quality.GOOD) -> Inbound:
+        return telemetry("gw-1", seq, readings=[Reading("probe-1", Quantity.TEMPERATURE, ts_ms, value, quality)])
+
+    hub.process(one(2, TS + 60_000, 5.5))
+    hub.process(one(1, TS, 9.9, Quality.BAD))
+    [latest] = ReadStore(hub.path).latest()
+    assert (latest.gateway_id, latest.sensor_id, latest.quantity) == ("gw-1", "probe-1", "temperature")
+    assert (latest.ts_ms, latest.value, latest.quality) == (TS + 60_000, 5.5, "good")
+    # within one group too: the older reading of a later message does not win
+    hub.process(one(4, TS + 120_000, 6.0), one(3, TS + 90_000, 7.0))
+    [latest] = ReadStore(hub.path).latest()
+    assert (latest.ts_ms, latest.value) == (TS + 120_000, 6.0)
+    # within one batch
+    hub.process(
+        telemetry(
+            "gw-1",
+            5,
+            readings=[
+                Reading("probe-1", Quantity.TEMPERATURE, TS + 200_000, 1.0),
+                Reading("probe-1", Quantity.TEMPERATURE, TS + 150_000, 2.0),
+            ],
+        )
+    )
+    [latest] = ReadStore(hub.path).latest()
+    assert (latest.ts_ms, latest.value) == (TS + 200_000, 1.0)
+    assert ReadStore(hub.path).reading_count() == 6
+
+
+def test_latest_per_series_and_per_gateway(hub):
+    hub.process(telemetry("gw-1", 1), telemetry("gw-2", 1))
+    store = ReadStore(hub.path)
+    assert [(r.gateway_id, r.quantity) for r in store.latest()] == [
+        ("gw-1", "humidity"),
+        ("gw-1", "temperature"),
+        ("gw-2", "humidity"),
+        ("gw-2", "temperature"),
+    ]
+    assert {r.gateway_id for r in store.latest("gw-2")} == {"gw-2"}
+    assert store.latest("nobody") == []
+
+
+def test_migrate_is_idempotent(hub):
+    hub.process(telemetry("gw-1", 1))
+    conn = connect(hub.path)
+    try:
+        assert migrate(conn) == len(MIGRATIONS)
+        assert migrate(conn) == len(MIGRATIONS)
+        assert conn.execute("PRAGMA user_version").fetchone() == (len(MIGRATIONS),)
+        tables = {name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        assert {"gateways", "batches", "readings", "latest", "gaps", "rejected"} <= tables
+    finally:
+        conn.close()
+    assert ReadStore(hub.path).reading_count() == 2
+    hub.restart()
+    assert hub.process(telemetry("gw-1", 1), telemetry("gw-1", 2)) == {"gw-1": 2}
+    assert ReadStore(hub.path).reading_count() == 4
+
+
+def test_fresh_database_is_migrated_to_the_latest_version(tmp_path):
+    path = tmp_path / "nested" / "dir" / "hub.db"
+    writer = IngestWriter(path)
+    writer.close()
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone() == (len(MIGRATIONS),)
+        assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+
+
+def test_failed_commit_changes_nothing_and_a_retry_stores_once(hub):
+    assert hub.process(telemetry("gw-1", 1)) == {"gw-1": 1}
+    before_stats = hub.pipeline.stats.snapshot()
+    before_gateways = ReadStore(hub.path).gateways()
+    before_latest = ReadStore(hub.path).latest()
+
+    # a second connection makes the last write of the transaction fail, after batches and readings went in
+    other = sqlite3.connect(hub.path, isolation_level=None)
+    other.execute(
+        "CREATE TRIGGER refuse_rejections BEFORE INSERT ON rejected BEGIN SELECT RAISE(ABORT, 'disk says no'); END"
+    )
+    group = [
+        telemetry("gw-1", 3),
+        telemetry("gw-1", 2),
+        telemetry("gw-2", 4, oldest=4),
+        status("gw-1", "online", TS),
+        Inbound(topic_for("gw-1", Channel.TELEMETRY), b"garbage", NOW_MS),
+    ]
+    with pytest.raises(StoreError, match="disk says no"):
+        hub.pipeline.process(group)
+
+    assert hub.stored_batches() == [("gw-1", 1)]
+    assert ReadStore(hub.path).reading_count() == 2
+    assert ReadStore(hub.path).gateways() == before_gateways
+    assert ReadStore(hub.path).latest() == before_latest
+    assert hub.query("SELECT count(*) FROM gaps") == [(0,)]
+    assert hub.pipeline.stats.snapshot() == before_stats
+
+    other.execute("DROP TRIGGER refuse_rejections")
+    other.close()
+    # the same group again: the ledger did not adopt the failed plan, so everything is new
+    assert hub.process(*group) == {"gw-1": 3, "gw-2": 4}
+    assert hub.readings_per_batch() == {("gw-1", 1): 2, ("gw-1", 2): 2, ("gw-1", 3): 2, ("gw-2", 4): 2}
+    assert hub.query("SELECT gateway_id, first_seq, last_seq FROM gaps") == [("gw-2", 1, 3)]
+    assert len(rejected_rows(hub)) == 1
+    stats = hub.pipeline.stats.snapshot()
+    assert stats["batches_stored"] == 4
+    assert stats["duplicates"] == 0
+    # and a further resend is a duplicate, also after a restart
+    assert hub.process(*group[:3]) == {"gw-1": 3, "gw-2": 4}
+    hub.restart()
+    assert hub.process(*group[:3]) == {"gw-1": 3, "gw-2": 4}
+    assert hub.readings_per_batch() == {("gw-1", 1): 2, ("gw-1", 2): 2, ("gw-1", 3): 2, ("gw-2", 4): 2}
+
+
+def test_dropped_table_raises_store_error_and_keeps_the_ledger(hub):
+    assert hub.process(telemetry("gw-1", 1)) == {"gw-1": 1}
+    other = sqlite3.connect(hub.path, isolation_level=None)
+    other.execute("ALTER TABLE latest RENAME TO latest_away")
+    with pytest.raises(StoreError):
+        hub.pipeline.process([telemetry("gw-1", 2)])
+    assert hub.stored_batches() == [("gw-1", 1)]
+    other.execute("ALTER TABLE latest_away RENAME TO latest")
+    other.close()
+    assert hub.process(telemetry("gw-1", 2)) == {"gw-1": 2}
+    assert hub.readings_per_batch() == {("gw-1", 1): 2, ("gw-1", 2): 2}
