@@ -31,7 +31,14 @@ from amqtt.broker import Broker
 
 from coldchain.errors import ConfigError
 from coldchain.mqtt import MqttConfig
-from edge_agent.config import AgentConfig, BusConfig, ProbeConfig, SamplingConfig, check_agent_config
+from edge_agent.config import (
+    AgentConfig,
+    BusConfig,
+    CourierViewConfig,
+    ProbeConfig,
+    SamplingConfig,
+    check_agent_config,
+)
 from edge_agent.drivers import DriverKind
 from edge_agent.runtime import Agent
 from firmware_sims.probe import ProbeBusSimulator
@@ -164,6 +171,7 @@ def run_demo(*, broker_url: str | None, api_port: int, duration_s: float | None)
             broker_label = broker_url
 
         token = secrets.token_urlsafe(24)
+        courier_urls: list[str] = []
         port = _free_port(api_port)
         hub = HubRuntime(
             HubConfig(
@@ -205,10 +213,13 @@ def run_demo(*, broker_url: str | None, api_port: int, duration_s: float | None)
                 ],
                 mqtt=mqtt,
                 sampling=DEMO_SAMPLING,
+                courier_view=CourierViewConfig(port=_free_port()),
             )
             agent = Agent(check_agent_config(config, source="demo", demo=True), demo=True)
             agent.start()
             running.callback(agent.stop)
+            if agent.courier_view is not None:
+                courier_urls.append(f"{gateway.gateway_id} {agent.courier_view.url}")
 
         api = f"http://127.0.0.1:{port}"
         print("coldchain demo: 3 gateways x 2 probes -> broker -> hub (SQLite)")
@@ -216,6 +227,8 @@ def run_demo(*, broker_url: str | None, api_port: int, duration_s: float | None)
         print(f"  API     {api}/docs  (OpenAPI)   health: {api}/healthz")
         print(f"  token   {token}")
         print(f"          curl -H 'Authorization: Bearer {token}' {api}/api/v1/readings/latest")
+        for line in courier_urls:
+            print(f"  courier {line}")
         print("  Ctrl-C stops everything.", flush=True)
         _print_live(hub, stop, duration_s)
         print("\nstopping...", flush=True)

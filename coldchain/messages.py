@@ -39,6 +39,8 @@ SensorId = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,6
 BootId = Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{32}\Z")]
 Seq = Annotated[int, msgspec.Meta(ge=1, le=MAX_SEQ)]
 TimestampMs = Annotated[int, msgspec.Meta(ge=MIN_TS_MS, le=MAX_TS_MS)]
+# EPC banks are 16-bit words; 496 bits is the Gen2 maximum.
+EpcHex = Annotated[str, msgspec.Meta(pattern=r"^(?:[0-9a-f]{4}){1,31}\Z")]
 
 
 class Quantity(enum.StrEnum):
@@ -78,9 +80,87 @@ class Reading(msgspec.Struct, array_like=True, frozen=True, forbid_unknown_field
             raise ValueError(f"{self.quantity.value} value {self.value!r} is outside [{low}, {high}]")
 
 
-class TelemetryBatch(msgspec.Struct, tag_field="schema", tag="cc.telemetry/1", frozen=True, forbid_unknown_fields=True):
-    """A batch of readings from one gateway, the unit of delivery and of deduplication.
+class TagAction(enum.StrEnum):
+    """Why a tag was read: a plain observation, or a custody handover the courier scanned."""
 
+    OBSERVE = "observe"
+    PICKUP = "pickup"  # the case enters the custody of this gateway's node
+    DELIVERY = "delivery"  # the case leaves it
+
+
+class TagRead(msgspec.Struct, array_like=True, frozen=True, forbid_unknown_fields=True):
+    """One (debounced) read of a UHF Gen2 tag.
+
+    ``epc_hex`` is the EPC bank as read and is always kept; ``epc_uri`` is its pure-identity URN
+    (``urn:epc:id:sgtin:...``, ``sscc``, ``giai``) when the header is one the gateway decodes, else
+    ``None``: an unknown header is kept as raw hex, never dropped.
+    """
+
+    reader_id: SensorId
+    epc_hex: EpcHex
+    epc_uri: Annotated[str, msgspec.Meta(max_length=128, pattern=r"^urn:epc:id:[a-z0-9]+:\S+\Z")] | None
+    ts_ms: TimestampMs
+    rssi_dbm: Annotated[float, msgspec.Meta(ge=-150, le=20)] | None = None
+    antenna: Annotated[int, msgspec.Meta(ge=1, le=64)] = 1
+    action: TagAction = TagAction.OBSERVE
+
+
+class GpsFix(msgspec.Struct, array_like=True, frozen=True, forbid_unknown_fields=True):
+    """A position from the gateway's GPS receiver.
+
+    ``ts_ms`` is the gateway's clock when the fix was read and ``gps_time_ms`` the satellites' UTC,
+    so the hub can see a gateway clock that drifted or jumped.
+    """
+
+    receiver_id: SensorId
+    ts_ms: TimestampMs
+    gps_time_ms: TimestampMs | None
+    lat: Annotated[float, msgspec.Meta(ge=-90, le=90)]
+    lon: Annotated[float, msgspec.Meta(ge=-180, le=180)]
+    fix_quality: Annotated[
+        int, msgspec.Meta(ge=0, le=8)
+    ]  # NMEA GGA: 0 invalid, 1 GPS, 2 DGPS, 4/5 RTK, 6 dead reckoning
+    satellites: Annotated[int, msgspec.Meta(ge=0, le=99)] | None = None
+    hdop: Annotated[float, msgspec.Meta(ge=0, le=100)] | None = None
+    altitude_m: Annotated[float, msgspec.Meta(ge=-1000, le=20000)] | None = None
+    speed_kmh: Annotated[float, msgspec.Meta(ge=0, le=2000)] | None = None
+    course_deg: Annotated[float, msgspec.Meta(ge=0, le=360)] | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("lat", "lon"):
+            if not math.isfinite(getattr(self, name)):
+                raise ValueError(f"{name} is not a finite number")
+
+
+class ReleasedRange(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A gap record: batches the gateway gave up unreceipted, and what they held."""
+
+    first_seq: Seq
+    last_seq: Seq
+    reason: Literal["disk_budget", "buffer_lost"]
+    readings: Annotated[int, msgspec.Meta(ge=0)]
+    tag_reads: Annotated[int, msgspec.Meta(ge=0)]
+    fixes: Annotated[int, msgspec.Meta(ge=0)]
+    first_ts_ms: TimestampMs | None
+    last_ts_ms: TimestampMs | None
+
+    def __post_init__(self) -> None:
+        if self.first_seq > self.last_seq:
+            raise ValueError(f"first_seq {self.first_seq} is above last_seq {self.last_seq}")
+
+
+class TelemetryBatch(
+    msgspec.Struct,
+    tag_field="schema",
+    tag="cc.telemetry/1",
+    frozen=True,
+    forbid_unknown_fields=True,
+    omit_defaults=True,
+):
+    """A batch from one gateway, the unit of delivery and of deduplication.
+
+    One ordered stream per gateway carries readings, tag reads, GPS fixes and gap records, so a
+    handover is ordered against the temperatures around it and one receipt covers everything.
     ``seq`` grows by one per batch and survives reboots. ``oldest_held_seq`` is the lowest seq the
     gateway still holds for (re)sending: any lower seq the hub has not received is lost for good,
     so the hub records a gap instead of waiting for it forever.
@@ -90,11 +170,29 @@ class TelemetryBatch(msgspec.Struct, tag_field="schema", tag="cc.telemetry/1", f
     boot_id: BootId
     seq: Seq
     oldest_held_seq: Seq
-    readings: Annotated[list[Reading], msgspec.Meta(min_length=1, max_length=MAX_READINGS_PER_BATCH)]
+    readings: Annotated[list[Reading], msgspec.Meta(max_length=MAX_READINGS_PER_BATCH)] = msgspec.field(
+        default_factory=list
+    )
+    tag_reads: Annotated[list[TagRead], msgspec.Meta(max_length=MAX_READINGS_PER_BATCH)] = msgspec.field(
+        default_factory=list
+    )
+    fixes: Annotated[list[GpsFix], msgspec.Meta(max_length=MAX_READINGS_PER_BATCH)] = msgspec.field(
+        default_factory=list
+    )
+    released: Annotated[list[ReleasedRange], msgspec.Meta(max_length=64)] = msgspec.field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.oldest_held_seq > self.seq:
             raise ValueError(f"oldest_held_seq {self.oldest_held_seq} is above seq {self.seq}")
+
+    @property
+    def item_count(self) -> int:
+        """Readings, tag reads and fixes in the batch."""
+        return len(self.readings) + len(self.tag_reads) + len(self.fixes)
+
+
+Observation = Reading | TagRead | GpsFix
+"""What a driver produces; the sampler sorts them into a batch's lists."""
 
 
 class Receipt(msgspec.Struct, tag_field="schema", tag="cc.receipt/1", frozen=True, forbid_unknown_fields=True):
@@ -115,16 +213,114 @@ class GatewayStatus(msgspec.Struct, tag_field="schema", tag="cc.status/1", froze
     agent_version: Annotated[str, msgspec.Meta(max_length=64)]
 
 
+class UplinkHealth(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """The gateway's view of its link to the hub."""
+
+    connected: bool
+    acked_seq: Annotated[int, msgspec.Meta(ge=0)]
+    resends: Annotated[int, msgspec.Meta(ge=0)]
+
+
+class GatewayHealth(
+    msgspec.Struct, tag_field="schema", tag="cc.health/1", frozen=True, forbid_unknown_fields=True, omit_defaults=True
+):
+    """Periodic health report, published retained on the ``health`` channel (lossy by design)."""
+
+    gateway_id: GatewayId
+    boot_id: BootId
+    ts_ms: TimestampMs
+    uptime_s: Annotated[float, msgspec.Meta(ge=0)]
+    buffer_batches: Annotated[int, msgspec.Meta(ge=0)]
+    buffer_items: Annotated[int, msgspec.Meta(ge=0)]
+    buffer_bytes: Annotated[int, msgspec.Meta(ge=0)]
+    oldest_unsent_age_s: Annotated[float, msgspec.Meta(ge=0)] | None
+    uplink: UplinkHealth
+    driver_errors: dict[SensorId, dict[Annotated[str, msgspec.Meta(max_length=64)], int]]
+    clock_offset_ms: int | None  # gateway clock minus GPS time; None without a recent fix
+    cpu_percent: Annotated[float, msgspec.Meta(ge=0)]
+    rss_bytes: Annotated[int, msgspec.Meta(ge=0)]
+    alarms_active: Annotated[list[SensorId], msgspec.Meta(max_length=256)] = msgspec.field(default_factory=list)
+    released_batches: Annotated[int, msgspec.Meta(ge=0)] = 0
+
+
+class LocalAlarm(msgspec.Struct, tag_field="schema", tag="cc.alarm/1", frozen=True, forbid_unknown_fields=True):
+    """The gateway's own product-range alarm on one sensor, raised or cleared (``alarm`` channel)."""
+
+    gateway_id: GatewayId
+    boot_id: BootId
+    ts_ms: TimestampMs
+    sensor_id: SensorId
+    state: Literal["raised", "cleared"]
+    value: float
+    low_c: float
+    high_c: float
+
+
+class SetSamplingInterval(msgspec.Struct, tag_field="action", tag="set_sampling_interval", frozen=True):
+    """Read the sensors every ``interval_s``."""
+
+    interval_s: Annotated[float, msgspec.Meta(ge=0.1, le=3600)]
+
+
+class SetProductRange(msgspec.Struct, tag_field="action", tag="set_product_range", frozen=True):
+    """The temperature range the local alarm guards (the product now on board)."""
+
+    low_c: Annotated[float, msgspec.Meta(ge=-100, le=200)]
+    high_c: Annotated[float, msgspec.Meta(ge=-100, le=200)]
+
+    def __post_init__(self) -> None:
+        if self.low_c >= self.high_c:
+            raise ValueError(f"low_c {self.low_c} must be below high_c {self.high_c}")
+
+
+class SetCustodyMode(msgspec.Struct, tag_field="action", tag="set_custody_mode", frozen=True):
+    """How tag reads count: plain observations, or pickups / deliveries at a handover point."""
+
+    mode: TagAction
+
+
+ConfigChange = SetSamplingInterval | SetProductRange | SetCustodyMode
+
+
+class Command(msgspec.Struct, tag_field="schema", tag="cc.command/1", frozen=True, forbid_unknown_fields=True):
+    """A remote configuration change from the hub (``cmd`` channel); answered by a ``CommandAck``."""
+
+    command_id: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_.:-]{1,64}\Z")]
+    gateway_id: GatewayId
+    issued_ms: TimestampMs
+    change: ConfigChange
+
+
+class CommandAck(msgspec.Struct, tag_field="schema", tag="cc.command_ack/1", frozen=True, forbid_unknown_fields=True):
+    """The gateway's answer to a command (``cmd/ack`` channel): applied, or refused with the reason."""
+
+    command_id: Annotated[str, msgspec.Meta(max_length=64)]
+    gateway_id: GatewayId
+    ts_ms: TimestampMs
+    accepted: bool
+    reason: Annotated[str, msgspec.Meta(max_length=512)] | None = None
+    config_version: Annotated[int, msgspec.Meta(ge=0)] = 0
+
+
 class _TelemetryEnvelope(
     msgspec.Struct, tag_field="schema", tag="cc.telemetry/1", frozen=True, forbid_unknown_fields=True
 ):
-    """A telemetry batch whose readings are checked one by one (the salvage path)."""
+    """A telemetry batch whose items are checked one by one (the salvage path)."""
 
     gateway_id: GatewayId
     boot_id: BootId
     seq: Seq
     oldest_held_seq: Seq
-    readings: Annotated[list[msgspec.Raw], msgspec.Meta(min_length=1, max_length=MAX_READINGS_PER_BATCH)]
+    readings: Annotated[list[msgspec.Raw], msgspec.Meta(max_length=MAX_READINGS_PER_BATCH)] = msgspec.field(
+        default_factory=list
+    )
+    tag_reads: Annotated[list[msgspec.Raw], msgspec.Meta(max_length=MAX_READINGS_PER_BATCH)] = msgspec.field(
+        default_factory=list
+    )
+    fixes: Annotated[list[msgspec.Raw], msgspec.Meta(max_length=MAX_READINGS_PER_BATCH)] = msgspec.field(
+        default_factory=list
+    )
+    released: Annotated[list[ReleasedRange], msgspec.Meta(max_length=64)] = msgspec.field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.oldest_held_seq > self.seq:
@@ -133,7 +329,7 @@ class _TelemetryEnvelope(
 
 @dataclass(frozen=True)
 class InvalidReading:
-    """A reading refused inside an otherwise valid batch: its index, raw bytes and the reason."""
+    """An item refused inside an otherwise valid batch: which list, its index, raw bytes and why."""
 
     index: int
     raw: bytes
@@ -148,8 +344,9 @@ class DecodedTelemetry:
     invalid_readings: list[InvalidReading]
 
 
-Message = TelemetryBatch | Receipt | GatewayStatus
-M = TypeVar("M", TelemetryBatch, Receipt, GatewayStatus)
+Message = TelemetryBatch | Receipt | GatewayStatus | GatewayHealth | LocalAlarm | Command | CommandAck
+M = TypeVar("M", TelemetryBatch, Receipt, GatewayStatus, GatewayHealth, LocalAlarm, Command, CommandAck)
+T = TypeVar("T")
 
 _ENCODER: Final = msgspec.json.Encoder()
 
@@ -161,10 +358,12 @@ class _NoSchema(msgspec.Struct, tag_field="schema", tag=""):
 
 _DECODERS: Final[dict[type[Message], msgspec.json.Decoder[Any]]] = {
     message_type: msgspec.json.Decoder(message_type | _NoSchema)
-    for message_type in (TelemetryBatch, Receipt, GatewayStatus)
+    for message_type in (TelemetryBatch, Receipt, GatewayStatus, GatewayHealth, LocalAlarm, Command, CommandAck)
 }
 _ENVELOPE_DECODER: Final = msgspec.json.Decoder(_TelemetryEnvelope | _NoSchema)
 _READING_DECODER: Final = msgspec.json.Decoder(Reading)
+_TAG_READ_DECODER: Final = msgspec.json.Decoder(TagRead)
+_FIX_DECODER: Final = msgspec.json.Decoder(GpsFix)
 
 
 def encode(message: Message) -> bytes:
@@ -188,6 +387,10 @@ def decode(payload: bytes, message_type: type[M], *, max_bytes: int = DEFAULT_MA
         raise ContractError("malformed", f"{message_type.__name__} is not valid JSON: {exc}") from exc
     if not isinstance(message, message_type):
         raise ContractError("invalid", f"{message_type.__name__} rejected: empty value - at `$.schema`")
+    if isinstance(message, TelemetryBatch) and not (message.item_count or message.released):
+        # Checked here, not in __post_init__: the hub's salvage path must be able to build the
+        # empty batch that remains when every item of a received batch was refused.
+        raise ContractError("empty", "TelemetryBatch rejected: no readings, tag reads, fixes or gap records")
     return message
 
 
@@ -211,18 +414,31 @@ def decode_telemetry(payload: bytes, *, max_bytes: int = DEFAULT_MAX_PAYLOAD_BYT
             raise strict_error from None
         if not isinstance(envelope, _TelemetryEnvelope):
             raise strict_error
-    readings: list[Reading] = []
     invalid: list[InvalidReading] = []
-    for index, raw in enumerate(envelope.readings):
-        try:
-            readings.append(_READING_DECODER.decode(raw))
-        except msgspec.DecodeError as exc:
-            invalid.append(InvalidReading(index, bytes(raw), f"reading {index} of seq {envelope.seq}: {exc}"))
+    readings = _salvage(envelope.readings, _READING_DECODER, "reading", envelope.seq, invalid)
+    tag_reads = _salvage(envelope.tag_reads, _TAG_READ_DECODER, "tag read", envelope.seq, invalid)
+    fixes = _salvage(envelope.fixes, _FIX_DECODER, "fix", envelope.seq, invalid)
+    # May be empty when every item was refused; it is still receipted so the gateway moves on.
     batch = TelemetryBatch(
         gateway_id=envelope.gateway_id,
         boot_id=envelope.boot_id,
         seq=envelope.seq,
         oldest_held_seq=envelope.oldest_held_seq,
         readings=readings,
+        tag_reads=tag_reads,
+        fixes=fixes,
+        released=envelope.released,
     )
     return DecodedTelemetry(batch, invalid)
+
+
+def _salvage(
+    raws: list[msgspec.Raw], decoder: msgspec.json.Decoder[T], kind: str, seq: int, invalid: list[InvalidReading]
+) -> list[T]:
+    kept: list[T] = []
+    for index, raw in enumerate(raws):
+        try:
+            kept.append(decoder.decode(raw))
+        except msgspec.DecodeError as exc:
+            invalid.append(InvalidReading(index, bytes(raw), f"{kind} {index} of seq {seq}: {exc}"))
+    return kept

@@ -28,6 +28,7 @@ class Channel(enum.StrEnum):
     GPS = "gps"
     ALARM = "alarm"
     STATUS = "status"
+    HEALTH = "health"
     # hub -> gateway
     ACK = "ack"
     CMD = "cmd"

@@ -4,18 +4,22 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import time
+import uuid
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Annotated
 
-from fastapi import Depends, FastAPI, HTTPException, Query, Request, status
+import msgspec
+from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
 
 import coldchain
+from coldchain.messages import Command, ConfigChange
 from coldchain.topics import GATEWAY_ID_CHARS
 from hub.config import ApiToken
-from hub.store import ReadStore
+from hub.store import ReadStore, StoreError
 
 
 class Health(BaseModel):
@@ -79,6 +83,24 @@ class TokenChecker:
         )
 
 
+class CommandRequest(BaseModel):
+    """A configuration change for one gateway, e.g. ``{"action": "set_sampling_interval", "interval_s": 2}``."""
+
+    change: dict[str, object] = Field(
+        description="set_sampling_interval {interval_s} | set_product_range {low_c, high_c} | set_custody_mode {mode}"
+    )
+
+
+class CommandStatus(BaseModel):
+    """A command sent to a gateway and its answer."""
+
+    command_id: str
+    gateway_id: str
+    status: str = Field(description="'sent', then 'accepted' or 'refused' when the gateway answers")
+    reason: str | None
+    config_version: int | None
+
+
 def get_store(request: Request) -> ReadStore:
     """The read store the app was built with."""
     store: ReadStore = request.app.state.store
@@ -94,11 +116,13 @@ def create_app(
     *,
     mqtt_connected: Callable[[], bool],
     ingest_counters: Callable[[], dict[str, int]],
+    send_command: Callable[[Command], None],
 ) -> FastAPI:
     """Build the API; every ``/api/v1`` route needs a bearer token with the ``read`` scope."""
     app = FastAPI(title="coldchain hub", version=coldchain.__version__)
     app.state.store = store
     read_scope = [Depends(TokenChecker(tokens, "read"))]
+    command_scope = [Depends(TokenChecker(tokens, "command"))]
 
     @app.get("/healthz", tags=["operations"])
     def healthz() -> Health:
@@ -144,5 +168,42 @@ def create_app(
             )
             for row in store.latest(gateway_id)
         ]
+
+    @app.post(
+        "/api/v1/gateways/{gateway_id}/commands",
+        dependencies=command_scope,
+        tags=["gateways"],
+        status_code=status.HTTP_202_ACCEPTED,
+    )
+    def send_gateway_command(
+        gateway_id: Annotated[str, Path(pattern=f"^{GATEWAY_ID_CHARS}$")], body: CommandRequest
+    ) -> CommandStatus:
+        try:
+            change = msgspec.convert(body.change, ConfigChange, strict=False)
+        except msgspec.ValidationError as exc:
+            raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, f"invalid change: {exc}") from exc
+        command = Command(
+            command_id=uuid.uuid4().hex, gateway_id=gateway_id, issued_ms=int(time.time() * 1000), change=change
+        )
+        try:
+            send_command(command)
+        except StoreError as exc:
+            raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, str(exc)) from exc
+        return CommandStatus(
+            command_id=command.command_id, gateway_id=gateway_id, status="sent", reason=None, config_version=None
+        )
+
+    @app.get("/api/v1/commands/{command_id}", dependencies=command_scope, tags=["gateways"])
+    def command_status(command_id: str, store: StoreDep) -> CommandStatus:
+        row = store.command(command_id)
+        if row is None:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, "no such command")
+        return CommandStatus(
+            command_id=row.command_id,
+            gateway_id=row.gateway_id,
+            status=row.status,
+            reason=row.reason,
+            config_version=row.config_version,
+        )
 
     return app

@@ -12,7 +12,7 @@ from coldchain.errors import ConfigError
 from coldchain.mqtt import MqttConfig
 from hub.ingest import IngestConfig
 
-Scope = Literal["read"]
+Scope = Literal["read", "command"]
 
 
 class ApiToken(msgspec.Struct, forbid_unknown_fields=True):

@@ -17,7 +17,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import Any, Final, cast
 
 import msgspec
 import paho.mqtt.client as paho
@@ -28,8 +28,12 @@ from coldchain import topics
 from coldchain.errors import ContractError
 from coldchain.messages import (
     DEFAULT_MAX_PAYLOAD_BYTES,
+    Command,
+    CommandAck,
     DecodedTelemetry,
+    GatewayHealth,
     GatewayStatus,
+    LocalAlarm,
     Receipt,
     TelemetryBatch,
     decode,
@@ -38,7 +42,7 @@ from coldchain.messages import (
 )
 from coldchain.mqtt import MqttConfig, configure_client
 from hub.ledger import DeliveryLedger
-from hub.store import IngestWriter, Rejection, StoreError
+from hub.store import IngestWriter, Rejection, SideMessage, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +54,20 @@ COMMIT_RETRY_S: Final = 1.0
 """Pause before retrying a failed commit (disk full, locked): the group is kept, never dropped."""
 RECONNECT_MIN_S: Final = 1
 RECONNECT_MAX_S: Final = 30
-SESSION_SUBSCRIPTIONS: Final = (topics.Channel.TELEMETRY, topics.Channel.STATUS)
+SESSION_SUBSCRIPTIONS: Final = (
+    topics.Channel.TELEMETRY,
+    topics.Channel.STATUS,
+    topics.Channel.HEALTH,
+    topics.Channel.ALARM,
+    topics.Channel.CMD_ACK,
+)
+# The side channels and the message type each carries.
+SIDE_CHANNELS: Final[dict[topics.Channel, type[SideMessage]]] = {
+    topics.Channel.STATUS: GatewayStatus,
+    topics.Channel.HEALTH: GatewayHealth,
+    topics.Channel.ALARM: LocalAlarm,
+    topics.Channel.CMD_ACK: CommandAck,
+}
 
 
 class IngestConfig(msgspec.Struct, forbid_unknown_fields=True):
@@ -109,11 +126,12 @@ class IngestPipeline:
         self._max_payload_bytes = max_payload_bytes
         self.stats = stats or IngestStats()
         self._wall_clock = wall_clock
+        self._write_lock = threading.Lock()
 
     def process(self, group: Sequence[Inbound]) -> list[Receipt]:
         """Commit ``group`` atomically; raise ``StoreError`` (nothing changed) if the commit fails."""
         batches: list[TelemetryBatch] = []
-        statuses: list[GatewayStatus] = []
+        side_messages: list[SideMessage] = []
         rejections: list[Rejection] = []
         for message in group:
             try:
@@ -128,16 +146,20 @@ class IngestPipeline:
                     for bad in parsed.invalid_readings
                 )
             else:
-                statuses.append(parsed)
+                side_messages.append(parsed)
         plan = self._ledger.plan(batches)
         now_ms = int(self._wall_clock() * 1000)
-        self._writer.commit(plan, rejections, statuses, now_ms)
+        with self._write_lock:
+            self._writer.commit(plan, rejections, side_messages, now_ms)
         self._ledger.apply(plan)
 
         stats = self.stats
         stats.add("messages", len(group))
         stats.add("batches_stored", len(plan.new_batches))
         stats.add("readings_stored", sum(len(b.readings) for b in plan.new_batches))
+        stats.add("tag_reads_stored", sum(len(b.tag_reads) for b in plan.new_batches))
+        stats.add("fixes_stored", sum(len(b.fixes) for b in plan.new_batches))
+        stats.add("gap_records", sum(len(b.released) for b in plan.new_batches))
         stats.add("duplicates", plan.duplicates)
         stats.add("gaps", len(plan.gaps))
         for rejection in rejections:
@@ -150,17 +172,23 @@ class IngestPipeline:
             for gateway_id, cursor in plan.cursors.items()
         ]
 
-    def _parse(self, message: Inbound) -> DecodedTelemetry | GatewayStatus:
+    def record_command(self, command: Command) -> None:
+        """Store a command before it is sent (from an API thread: serialised with the writer)."""
+        with self._write_lock:
+            self._writer.record_command(command, int(self._wall_clock() * 1000))
+
+    def _parse(self, message: Inbound) -> DecodedTelemetry | SideMessage:
         gateway_id, channel = topics.parse_topic(message.topic)
-        parsed: DecodedTelemetry | GatewayStatus
+        parsed: DecodedTelemetry | SideMessage
         if channel is topics.Channel.TELEMETRY:
             parsed = decode_telemetry(message.payload, max_bytes=self._max_payload_bytes)
             payload_gateway = parsed.batch.gateway_id
-        elif channel is topics.Channel.STATUS:
-            parsed = decode(message.payload, GatewayStatus, max_bytes=self._max_payload_bytes)
+        elif channel in SIDE_CHANNELS:
+            side_type: type[Any] = SIDE_CHANNELS[channel]  # decode() is generic per type, not per union
+            parsed = cast(SideMessage, decode(message.payload, side_type, max_bytes=self._max_payload_bytes))
             payload_gateway = parsed.gateway_id
         else:
-            raise ContractError("unexpected_channel", f"the hub does not ingest {channel.value} yet")
+            raise ContractError("unexpected_channel", f"the hub does not ingest {channel.value}")
         if payload_gateway != gateway_id:
             raise ContractError(
                 "id_mismatch", f"payload gateway_id {payload_gateway!r} differs from topic gateway {gateway_id!r}"
@@ -290,6 +318,13 @@ class MqttIngest:
         )
         if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
             log.warning("receipt for %s not queued: %s", receipt.gateway_id, info.rc)
+
+    def send_command(self, command: Command) -> None:
+        """Record ``command`` and publish it to its gateway (QoS 1); the answer arrives on ``cmd/ack``."""
+        self._pipeline.record_command(command)
+        info = self._client.publish(topics.topic_for(command.gateway_id, topics.Channel.CMD), encode(command), qos=1)
+        if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
+            raise StoreError(f"command {command.command_id} not queued for the broker: {info.rc.name}")
 
     def wait_connected(self, timeout_s: float) -> bool:
         """Block until connected or ``timeout_s`` passed."""

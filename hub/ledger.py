@@ -71,7 +71,10 @@ class DeliveryLedger:
         for batch in batches:
             cursor = touched.get(batch.gateway_id)
             if cursor is None:
-                cursor = self._cursors.get(batch.gateway_id, Cursor()).copy()
+                known = self._cursors.get(batch.gateway_id)
+                # A gateway's first batch sets its starting point: its seqs need not start at 1
+                # (a new buffer seeds them from the clock), and nothing before it was ever expected.
+                cursor = known.copy() if known else Cursor(acked_seq=batch.oldest_held_seq - 1)
                 touched[batch.gateway_id] = cursor
             if batch.seq <= cursor.acked_seq or batch.seq in cursor.committed_above:
                 duplicates += 1

@@ -45,6 +45,7 @@ class HubRuntime:
             config.api.tokens,
             mqtt_connected=lambda: self.ingest.connected,
             ingest_counters=self.pipeline.stats.snapshot,
+            send_command=self.ingest.send_command,
         )
         self._server = _Server(
             uvicorn.Config(app, host=config.api.host, port=config.api.port, log_level="warning", lifespan="off")

@@ -16,7 +16,15 @@ from pathlib import Path
 from typing import Final
 
 from coldchain.errors import ColdchainError
-from coldchain.messages import GatewayStatus, TelemetryBatch
+from coldchain.messages import (
+    Command,
+    CommandAck,
+    GatewayHealth,
+    GatewayStatus,
+    LocalAlarm,
+    TelemetryBatch,
+    encode,
+)
 from hub.ledger import Cursor, Plan
 
 BUSY_TIMEOUT_S: Final = 10.0
@@ -83,7 +91,75 @@ MIGRATIONS: Final[tuple[str, ...]] = (
         payload     BLOB NOT NULL
     );
     """,
+    """
+    CREATE TABLE tag_reads (
+        gateway_id TEXT NOT NULL,
+        reader_id  TEXT NOT NULL,
+        epc_hex    TEXT NOT NULL,
+        epc_uri    TEXT,
+        ts_ms      INTEGER NOT NULL,
+        rssi_dbm   REAL,
+        antenna    INTEGER NOT NULL,
+        action     TEXT NOT NULL,
+        seq        INTEGER NOT NULL
+    );
+    CREATE INDEX tag_reads_epc ON tag_reads (epc_hex, ts_ms);
+    CREATE INDEX tag_reads_gateway ON tag_reads (gateway_id, ts_ms);
+    CREATE TABLE gps_fixes (
+        gateway_id  TEXT NOT NULL,
+        receiver_id TEXT NOT NULL,
+        ts_ms       INTEGER NOT NULL,
+        gps_time_ms INTEGER,
+        lat         REAL NOT NULL,
+        lon         REAL NOT NULL,
+        fix_quality INTEGER NOT NULL,
+        satellites  INTEGER,
+        hdop        REAL,
+        altitude_m  REAL,
+        speed_kmh   REAL,
+        course_deg  REAL,
+        seq         INTEGER NOT NULL
+    );
+    CREATE INDEX gps_fixes_gateway ON gps_fixes (gateway_id, ts_ms);
+    ALTER TABLE gaps ADD COLUMN source TEXT NOT NULL DEFAULT 'hub';
+    ALTER TABLE gaps ADD COLUMN reason TEXT;
+    ALTER TABLE gaps ADD COLUMN readings INTEGER;
+    ALTER TABLE gaps ADD COLUMN tag_reads INTEGER;
+    ALTER TABLE gaps ADD COLUMN fixes INTEGER;
+    ALTER TABLE gaps ADD COLUMN first_ts_ms INTEGER;
+    ALTER TABLE gaps ADD COLUMN last_ts_ms INTEGER;
+    CREATE UNIQUE INDEX gaps_once ON gaps (gateway_id, source, first_seq, last_seq);
+    CREATE TABLE gateway_health (
+        gateway_id TEXT PRIMARY KEY,
+        ts_ms      INTEGER NOT NULL,
+        body       BLOB NOT NULL
+    );
+    CREATE TABLE local_alarms (
+        gateway_id  TEXT NOT NULL,
+        sensor_id   TEXT NOT NULL,
+        state       TEXT NOT NULL,
+        value       REAL NOT NULL,
+        low_c       REAL NOT NULL,
+        high_c      REAL NOT NULL,
+        ts_ms       INTEGER NOT NULL,
+        received_ms INTEGER NOT NULL
+    );
+    CREATE TABLE commands (
+        command_id  TEXT PRIMARY KEY,
+        gateway_id  TEXT NOT NULL,
+        issued_ms   INTEGER NOT NULL,
+        body        BLOB NOT NULL,
+        status      TEXT NOT NULL,
+        reason      TEXT,
+        answered_ms INTEGER,
+        config_version INTEGER
+    );
+    """,
 )
+
+
+SideMessage = GatewayStatus | GatewayHealth | LocalAlarm | CommandAck
+"""Messages beside telemetry: stored in the same transaction, not part of the delivery ledger."""
 
 
 class StoreError(ColdchainError):
@@ -178,9 +254,9 @@ class IngestWriter:
         return cursors
 
     def commit(
-        self, plan: Plan, rejections: Sequence[Rejection], statuses: Sequence[GatewayStatus], now_ms: int
+        self, plan: Plan, rejections: Sequence[Rejection], side_messages: Sequence[SideMessage], now_ms: int
     ) -> None:
-        """Write a plan's batches, gaps and cursors, plus rejections and statuses, atomically."""
+        """Write a plan's batches, gaps and cursors, plus rejections and side messages, atomically."""
         conn = self._conn
         try:
             conn.execute("BEGIN IMMEDIATE")
@@ -205,8 +281,8 @@ class IngestWriter:
                     for r in rejections
                 ],
             )
-            for status in statuses:
-                self._write_status(status, now_ms)
+            for message in side_messages:
+                self._write_side_message(message, now_ms)
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
             if conn.in_transaction:
@@ -217,7 +293,7 @@ class IngestWriter:
         conn = self._conn
         conn.executemany(
             "INSERT INTO batches (gateway_id, seq, boot_id, received_ms, reading_count) VALUES (?, ?, ?, ?, ?)",
-            [(b.gateway_id, b.seq, b.boot_id, now_ms, len(b.readings)) for b in batches],
+            [(b.gateway_id, b.seq, b.boot_id, now_ms, b.item_count) for b in batches],
         )
         conn.executemany(
             "INSERT INTO readings (gateway_id, sensor_id, quantity, ts_ms, value, quality, seq)"
@@ -241,6 +317,61 @@ class IngestWriter:
             " WHERE excluded.ts_ms >= latest.ts_ms",
             [(*key, *val) for key, val in newest.items()],
         )
+        conn.executemany(
+            "INSERT INTO tag_reads (gateway_id, reader_id, epc_hex, epc_uri, ts_ms, rssi_dbm, antenna, action, seq)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                (b.gateway_id, t.reader_id, t.epc_hex, t.epc_uri, t.ts_ms, t.rssi_dbm, t.antenna, t.action.value, b.seq)
+                for b in batches
+                for t in b.tag_reads
+            ],
+        )
+        conn.executemany(
+            "INSERT INTO gps_fixes (gateway_id, receiver_id, ts_ms, gps_time_ms, lat, lon, fix_quality, satellites,"
+            " hdop, altitude_m, speed_kmh, course_deg, seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                (
+                    b.gateway_id,
+                    f.receiver_id,
+                    f.ts_ms,
+                    f.gps_time_ms,
+                    f.lat,
+                    f.lon,
+                    f.fix_quality,
+                    f.satellites,
+                    f.hdop,
+                    f.altitude_m,
+                    f.speed_kmh,
+                    f.course_deg,
+                    b.seq,
+                )
+                for b in batches
+                for f in b.fixes
+            ],
+        )
+        conn.executemany(
+            # OR IGNORE: a gap record re-sent after its carrier was dropped unreceipted is kept once.
+            "INSERT OR IGNORE INTO gaps (gateway_id, first_seq, last_seq, boot_id, detected_ms, source, reason,"
+            " readings, tag_reads, fixes, first_ts_ms, last_ts_ms)"
+            " VALUES (?, ?, ?, ?, ?, 'gateway', ?, ?, ?, ?, ?, ?)",
+            [
+                (
+                    b.gateway_id,
+                    r.first_seq,
+                    r.last_seq,
+                    b.boot_id,
+                    now_ms,
+                    r.reason,
+                    r.readings,
+                    r.tag_reads,
+                    r.fixes,
+                    r.first_ts_ms,
+                    r.last_ts_ms,
+                )
+                for b in batches
+                for r in b.released
+            ],
+        )
         per_gateway: dict[str, tuple[str, int, int]] = {}
         for b in batches:
             _, count, readings = per_gateway.get(b.gateway_id, ("", 0, 0))
@@ -259,6 +390,54 @@ class IngestWriter:
             " ON CONFLICT (gateway_id) DO UPDATE SET acked_seq = excluded.acked_seq",
             [(gw, cursor.acked_seq, now_ms, now_ms) for gw, cursor in cursors.items()],
         )
+
+    def _write_side_message(self, message: SideMessage, now_ms: int) -> None:
+        match message:
+            case GatewayStatus():
+                self._write_status(message, now_ms)
+            case GatewayHealth():
+                self._conn.execute(
+                    "INSERT INTO gateway_health VALUES (?, ?, ?) ON CONFLICT (gateway_id) DO UPDATE SET"
+                    " ts_ms = excluded.ts_ms, body = excluded.body WHERE excluded.ts_ms >= gateway_health.ts_ms",
+                    (message.gateway_id, message.ts_ms, encode(message)),
+                )
+            case LocalAlarm():
+                self._conn.execute(
+                    "INSERT INTO local_alarms VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        message.gateway_id,
+                        message.sensor_id,
+                        message.state,
+                        message.value,
+                        message.low_c,
+                        message.high_c,
+                        message.ts_ms,
+                        now_ms,
+                    ),
+                )
+            case CommandAck():
+                self._conn.execute(
+                    "UPDATE commands SET status = ?, reason = ?, answered_ms = ?, config_version = ?"
+                    " WHERE command_id = ? AND gateway_id = ?",
+                    (
+                        "accepted" if message.accepted else "refused",
+                        message.reason,
+                        message.ts_ms,
+                        message.config_version,
+                        message.command_id,
+                        message.gateway_id,
+                    ),
+                )
+
+    def record_command(self, command: Command, now_ms: int) -> None:
+        """Remember a command before it is published, so its answer has a row to land in."""
+        try:
+            self._conn.execute(
+                "INSERT INTO commands (command_id, gateway_id, issued_ms, body, status) VALUES (?, ?, ?, ?, 'sent')",
+                (command.command_id, command.gateway_id, now_ms, encode(command)),
+            )
+        except sqlite3.IntegrityError as exc:
+            raise StoreError(f"command id {command.command_id} was used before") from exc
 
     def _write_status(self, status: GatewayStatus, now_ms: int) -> None:
         self._conn.execute(
@@ -310,3 +489,32 @@ class ReadStore:
         with self._connection() as conn:
             (count,) = conn.execute("SELECT count(*) FROM readings").fetchone()
         return int(count)
+
+    def command(self, command_id: str) -> CommandRow | None:
+        """A command sent to a gateway and its answer, if any."""
+        with self._connection() as conn:
+            row = conn.execute(
+                "SELECT command_id, gateway_id, issued_ms, status, reason, answered_ms, config_version FROM commands"
+                " WHERE command_id = ?",
+                (command_id,),
+            ).fetchone()
+        return CommandRow(*row) if row else None
+
+    def health(self, gateway_id: str) -> bytes | None:
+        """The gateway's newest health report, as received."""
+        with self._connection() as conn:
+            row = conn.execute("SELECT body FROM gateway_health WHERE gateway_id = ?", (gateway_id,)).fetchone()
+        return bytes(row[0]) if row else None
+
+
+@dataclass(frozen=True)
+class CommandRow:
+    """A command and where it stands."""
+
+    command_id: str
+    gateway_id: str
+    issued_ms: int
+    status: str
+    reason: str | None
+    answered_ms: int | None
+    config_version: int | None

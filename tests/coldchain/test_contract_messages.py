@@ -184,7 +184,6 @@ INVALID_TELEMETRY = [
     pytest.param(telemetry_doc(seq=5.0), "$.seq", id="seq-as-float"),
     pytest.param(telemetry_doc(oldest_held_seq=0), "$.oldest_held_seq", id="oldest-zero"),
     pytest.param(telemetry_doc(seq=2, oldest_held_seq=3), "oldest_held_seq", id="oldest-above-seq"),
-    pytest.param(telemetry_doc(readings=[]), "$.readings", id="no-readings"),
     pytest.param(
         telemetry_doc(readings=[reading_row()] * (MAX_READINGS_PER_BATCH + 1)), "$.readings", id="too-many-readings"
     ),
@@ -380,7 +379,6 @@ def test_salvage_of_a_batch_with_only_invalid_readings_keeps_the_envelope():
         pytest.param(telemetry_doc(extra=1, readings=[reading_row(value=500.0)]), "$.readings[0]", id="unknown+bad"),
         pytest.param(telemetry_doc(schema="cc.telemetry/2"), "$.schema", id="version"),
         pytest.param(telemetry_doc(seq=1, oldest_held_seq=4), "oldest_held_seq", id="oldest-above-seq"),
-        pytest.param(telemetry_doc(readings=[]), "$.readings", id="empty"),
         pytest.param(
             telemetry_doc(readings=[reading_row()] * (MAX_READINGS_PER_BATCH + 1)), "$.readings", id="too-many"
         ),
@@ -423,3 +421,11 @@ def test_salvage_property_valid_readings_survive_in_order(batch, bad_positions):
     decoded = decode_telemetry(msgspec.json.encode(doc))
     assert decoded.batch.readings == batch.readings
     assert [bad.index for bad in decoded.invalid_readings] == bad_indexes
+
+
+def test_a_batch_with_nothing_in_it_is_refused_as_empty_by_both_decoders():
+    for decoder in (lambda p: decode(p, TelemetryBatch), decode_telemetry):
+        with pytest.raises(ContractError) as info:
+            decoder(raw(telemetry_doc(readings=[])))
+        assert info.value.reason == "empty"
+        assert "no readings, tag reads, fixes or gap records" in str(info.value)

@@ -38,7 +38,7 @@ def test_valid_config_loads_with_defaults(tmp_path):
     assert (config.mqtt.host, config.mqtt.port, config.mqtt.tls) == ("broker.example", 8883, True)
     [bus] = config.buses
     assert bus.kind is DriverKind.MODBUS_RTU_PROBE
-    assert bus.baudrate == 9600
+    assert bus.baudrate is None  # the driver's own default (9600 for these probes) applies
     assert [(p.sensor_id, p.address) for p in bus.probes] == [("probe-1", 1), ("probe-2", 2)]
     assert config.sampling.interval_s == SAMPLING_INTERVAL_S
     assert config.sampling.batch_max_age_s == BATCH_MAX_AGE_S
@@ -95,14 +95,23 @@ def test_config_without_probes_is_refused(tmp_path, body):
     path = write(tmp_path, HEAD + body + MQTT)
     with pytest.raises(ConfigError) as info:
         load_agent_config(path)
-    assert "no [[buses.probes]]" in str(info.value)
+    assert "[[buses" in str(info.value)
     assert str(path) in str(info.value)
 
 
-def test_one_bus_with_probes_is_enough(tmp_path):
+def test_every_probe_bus_needs_probes(tmp_path):
     text = HEAD + MQTT + BUS + '[[buses]]\nkind = "modbus_rtu_probe"\nport = "/dev/ttyUSB1"\n' + PROBE_1
-    config = load_agent_config(write(tmp_path, text))
-    assert [len(bus.probes) for bus in config.buses] == [0, 1]
+    with pytest.raises(ConfigError, match=r"#1 \(modbus_rtu_probe on /dev/ttyUSB0\)"):
+        load_agent_config(write(tmp_path, text))
+
+
+def test_rfid_and_gps_buses_need_a_device_id(tmp_path):
+    for kind in ("uhf_m100", "nmea_gps"):
+        bus = f'[[buses]]\nkind = "{kind}"\nport = "/dev/ttyUSB2"\n'
+        with pytest.raises(ConfigError, match="needs device_id"):
+            load_agent_config(write(tmp_path, HEAD + MQTT + BUS + PROBE_1 + bus))
+        config = load_agent_config(write(tmp_path, HEAD + MQTT + BUS + PROBE_1 + bus + 'device_id = "dev-1"\n'))
+        assert config.buses[1].device_id == "dev-1"
 
 
 def test_duplicate_sensor_ids_are_refused_on_one_bus(tmp_path):

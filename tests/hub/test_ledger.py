@@ -129,11 +129,19 @@ def test_released_seqs_become_a_gap_and_the_cursor_moves_past_them():
     assert ledger.acked_seq("gw-1") == 7
 
 
-def test_gap_from_a_fresh_gateway():
+def test_a_new_gateways_first_batch_sets_its_start_without_a_gap():
     ledger = DeliveryLedger()
     plan = commit(ledger, batch(5, oldest=5))
-    assert plan.gaps == [Gap("gw-1", 1, 4, BOOT)]
+    assert plan.gaps == []
     assert ledger.acked_seq("gw-1") == 5
+
+
+def test_a_new_gateway_with_a_backlog_starts_at_its_oldest_held_batch():
+    ledger = DeliveryLedger()
+    commit(ledger, batch(7, oldest=3))
+    assert ledger.acked_seq("gw-1") == 2
+    commit(ledger, batch(3, oldest=3), batch(4, oldest=3), batch(5, oldest=3), batch(6, oldest=3))
+    assert ledger.acked_seq("gw-1") == 7
 
 
 def test_gap_skips_seqs_already_committed_above():
@@ -186,9 +194,10 @@ def test_duplicate_batch_still_moves_the_cursor_past_released_seqs():
 
 def test_gaps_are_not_repeated_on_resend():
     ledger = DeliveryLedger()
+    commit(ledger, batch(1))
     first = commit(ledger, batch(5, oldest=5))
     again = commit(ledger, batch(5, oldest=5))
-    assert first.gaps == [Gap("gw-1", 1, 4, BOOT)]
+    assert first.gaps == [Gap("gw-1", 2, 4, BOOT)]
     assert again.gaps == []
     assert again.duplicates == 1
 

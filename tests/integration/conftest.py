@@ -66,7 +66,7 @@ port = {api_port}
 [[api.tokens]]
 name = "tests"
 sha256 = "{hashlib.sha256(API_TOKEN.encode()).hexdigest()}"
-scopes = ["read"]
+scopes = ["read", "command"]
 """
         )
         hub = Hub(
@@ -103,6 +103,9 @@ def agent_factory(tmp_path: Path) -> Iterator[Callable[..., Child]]:
         batch_max_age_s: float = 0.2,
         resend_timeout_s: float = 2.0,
         window_batches: int = 64,
+        replay_batches_per_s: float = 200.0,
+        extra_toml: str = "",
+        top_toml: str = "",
     ) -> Child:
         workdir = tmp_path / f"agent-{gateway_id}-{len(agents)}"
         workdir.mkdir()
@@ -111,6 +114,8 @@ def agent_factory(tmp_path: Path) -> Iterator[Callable[..., Child]]:
             f"""
 gateway_id = "{gateway_id}"
 state_dir = "{workdir / "state"}"
+health_interval_s = 1.0
+{top_toml}
 
 [mqtt]
 port = {broker.port}
@@ -123,6 +128,7 @@ batch_max_age_s = {batch_max_age_s}
 [delivery]
 resend_timeout_s = {resend_timeout_s}
 window_batches = {window_batches}
+replay_batches_per_s = {replay_batches_per_s}
 
 [[buses]]
 kind = "modbus_rtu_probe"
@@ -135,6 +141,10 @@ address = 1
 [[buses.probes]]
 sensor_id = "freezer"
 address = 2
+
+[courier_view]
+port = 0
+{extra_toml}
 """
         )
         agent = Child("agent", ["agent", "--config", str(config)], workdir)

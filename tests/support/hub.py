@@ -48,3 +48,8 @@ class Hub:
 
     def get(self, path: str) -> httpx.Response:
         return httpx.get(f"{self.api_url}{path}", headers={"Authorization": f"Bearer {API_TOKEN}"}, timeout=5)
+
+    def post(self, path: str, body: object) -> httpx.Response:
+        return httpx.post(
+            f"{self.api_url}{path}", json=body, headers={"Authorization": f"Bearer {API_TOKEN}"}, timeout=5
+        )

@@ -53,6 +53,7 @@ class Mosquitto:
         max_queued_messages: int = 1000,
         password_file: Path | None = None,
         acl_file: Path | None = None,
+        persistence: bool = False,
     ) -> None:
         self.binary = binary
         self.workdir = workdir
@@ -61,7 +62,9 @@ class Mosquitto:
         self.config_path = workdir / "mosquitto.conf"
         lines = [
             f"listener {self.port} 127.0.0.1",
-            "persistence false",
+            # Persistence keeps the hub's session (and what is queued for it) across a broker restart.
+            f"persistence {'true' if persistence else 'false'}",
+            f"persistence_location {workdir}/",
             # As root, mosquitto would switch to the mosquitto user, who cannot enter pytest's 0700
             # temporary directories; as any other user this line has no effect.
             "user root",
