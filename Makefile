@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-from-lock
 SYSTEM_PACKAGES := mosquitto
 
-.PHONY: demo test check lint format typecheck pytest system-deps lock clean
+.PHONY: demo test check lint format typecheck pytest system-deps lock clean bench bench-ingest bench-agent
 
 $(STAMP): requirements.lock pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -47,6 +47,15 @@ system-deps:
 	    echo "make test needs the Debian packages:$$missing (run: sudo apt-get install$$missing, or run make test as root)"; exit 1; \
 	  fi; \
 	fi
+
+# Benchmarks print figures (docs/benchmarks.md records them); they never pass or fail.
+bench: bench-ingest bench-agent
+
+bench-ingest: $(STAMP)
+	PYTHONPATH=. $(BIN)/python bench/ingest_pipeline.py
+
+bench-agent: $(STAMP) system-deps
+	PYTHONPATH=. $(BIN)/python bench/agent_footprint.py --seconds 60
 
 # Re-pin every dependency (all extras) with hashes after changing pyproject.toml.
 lock: $(STAMP)

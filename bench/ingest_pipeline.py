@@ -1,7 +1,7 @@
 """Hub ingest core without the broker: decode, deduplicate and commit batches to SQLite.
 
 Prints readings per second for several batch sizes. Not a test: it never passes or fails.
-Run: .venv/bin/python bench/ingest_pipeline.py [--readings 200000]
+Run: make bench-ingest   (PYTHONPATH=. .venv/bin/python bench/ingest_pipeline.py --readings 200000)
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, Protocol
 
 from firmware_sims.modbus_rtu import (
     ILLEGAL_DATA_ADDRESS,
@@ -70,6 +70,14 @@ _READABLE: Final = {
 }
 
 
+class AirModel(Protocol):
+    """What a probe measures: the air of a space, sampled forward in time (``ThermalModel`` is one)."""
+
+    def sample(self, t_s: float) -> tuple[float, float]:
+        """Advance to ``t_s`` seconds since start and return ``(temperature °C, relative humidity %)``."""
+        ...
+
+
 def to_signed16(value: int) -> int:
     """Interpret an unsigned 16-bit register as two's complement."""
     return value - 0x10000 if value & 0x8000 else value
@@ -99,15 +107,20 @@ class ProbeSpec:
 
 
 class XYMD02:
-    """One XY-MD02 slave: answers requests addressed to it from its register map and thermal model."""
+    """One XY-MD02 slave: answers requests addressed to it from its register map and thermal model.
 
-    def __init__(self, spec: ProbeSpec, model: ThermalModel | None = None) -> None:
+    Two faults of the unit itself can be set at any time: ``silent`` (dead firmware: it neither
+    executes nor answers anything) and ``stuck`` (a hung sensor: the unit answers, but its
+    measurement no longer changes).
+    """
+
+    def __init__(self, spec: ProbeSpec, model: AirModel | None = None) -> None:
         """Build the device from ``spec``; pass ``model`` to script the space (doors, cooling failures)."""
         if not 1 <= spec.address <= MAX_SLAVE_ADDRESS:
             raise ValueError(f"slave address must be 1..{MAX_SLAVE_ADDRESS}, got {spec.address}")
         if spec.baud not in BAUD_CODES:
             raise ValueError(f"baud must be one of {sorted(BAUD_CODES)}, got {spec.baud}")
-        self._model = model or ThermalModel(
+        self._model: AirModel = model or ThermalModel(
             set_point_c=spec.set_point_c,
             ambient_c=spec.ambient_c,
             noise_c=spec.noise_c,
@@ -123,6 +136,8 @@ class XYMD02:
         }
         self._measured_period: int | None = None
         self._measurement = (0.0, 0.0)
+        self.silent = False
+        self.stuck = False
 
     @property
     def address(self) -> int:
@@ -130,35 +145,37 @@ class XYMD02:
         return self._settings[ADDRESS_REGISTER]
 
     @property
-    def model(self) -> ThermalModel:
+    def model(self) -> AirModel:
         """The thermal model behind the readings."""
         return self._model
 
-    def handle(self, request: Request, t_s: float) -> bytes | None:
+    def handle(self, request: Request, t_s: float, *, stuck: bool = False) -> bytes | None:
         """Answer ``request`` at ``t_s`` seconds since start, or return None when it must stay silent.
 
         Requests for another address get no answer; broadcasts (address 0) are executed when they
-        are writes but never answered, as the Modbus serial line specification requires.
+        are writes but never answered, as the Modbus serial line specification requires. ``stuck``
+        freezes the measurement for this request as the ``stuck`` attribute does (a bus-wide fault).
         """
         broadcast = request.address == BROADCAST_ADDRESS
-        if not broadcast and request.address != self.address:
+        if self.silent or (not broadcast and request.address != self.address):
             return None
         if request.function in _READABLE:
-            response = None if broadcast else self._read(request, t_s)
+            response = None if broadcast else self._read(request, t_s, frozen=stuck or self.stuck)
         elif request.function == WRITE_SINGLE_REGISTER:
             response = self._write(request)
         else:
             response = encode_exception_response(request.address, request.function, ILLEGAL_FUNCTION)
         return None if broadcast else response
 
-    def _read(self, request: Request, t_s: float) -> bytes:
+    def _read(self, request: Request, t_s: float, *, frozen: bool) -> bytes:
         count = request.count_or_value
         if not 1 <= count <= MAX_READ_REGISTERS:
             return encode_exception_response(request.address, request.function, ILLEGAL_DATA_VALUE)
         registers = range(request.start, request.start + count)
         if not set(registers) <= _READABLE[request.function]:
             return encode_exception_response(request.address, request.function, ILLEGAL_DATA_ADDRESS)
-        if not _MEASUREMENT_REGISTERS.isdisjoint(registers):
+        # A stuck unit keeps its last measurement; one that never measured still takes a first one.
+        if not _MEASUREMENT_REGISTERS.isdisjoint(registers) and not (frozen and self._measured_period is not None):
             self._measure(t_s)
         values = [self._register(register) for register in registers]
         return encode_registers_response(request.address, request.function, values)

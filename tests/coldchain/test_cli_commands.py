@@ -103,3 +103,26 @@ def test_hub_token_prints_a_token_and_the_hash_to_configure(capsys: pytest.Captu
     token = re.search(r"token \(give it to the client, it is not stored\): (\S+)", out)
     assert token is not None
     assert f'sha256 = "{hashlib.sha256(token.group(1).encode()).hexdigest()}"' in out
+
+
+@pytest.mark.parametrize(
+    ("unit", "config"),
+    [("coldchain-agent.service", "config/agent.toml"), ("coldchain-hub.service", "config/hub.toml")],
+)
+def test_systemd_units_run_unprivileged_a_command_that_exists(unit: str, config: str) -> None:
+    import configparser  # noqa: PLC0415
+    import shlex  # noqa: PLC0415
+
+    from coldchain.cli import build_parser  # noqa: PLC0415
+
+    parser = configparser.ConfigParser(strict=False, interpolation=None)
+    parser.optionxform = str  # type: ignore[assignment,method-assign]
+    parser.read(REPO / "config/systemd" / unit)
+    service = parser["Service"]
+    assert service["User"] not in ("", "root")
+    assert service["NoNewPrivileges"] == "yes"
+    argv = shlex.split(service["ExecStart"])[1:]
+    args = build_parser().parse_args(argv)  # the unit's command line is one the program accepts
+    assert args.config.name == Path(config).name
+    if unit == "coldchain-agent.service":
+        assert load_agent_config(REPO / config).state_dir == f"/var/lib/{service['StateDirectory']}"
