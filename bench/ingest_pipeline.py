@@ -15,7 +15,8 @@ import uuid
 from pathlib import Path
 
 from coldchain.messages import Quantity, Reading, TelemetryBatch, encode
-from hub.ingest import Inbound, IngestConfig, open_pipeline
+from hub.ingest import Inbound, IngestPipeline
+from hub.store import IngestWriter
 
 GROUP_MESSAGES = 500
 
@@ -41,7 +42,7 @@ def payloads(gateways: int, batch_size: int, total_readings: int) -> list[Inboun
 def run(batch_size: int, total: int) -> tuple[float, float]:
     messages = payloads(50, batch_size, total)
     with tempfile.TemporaryDirectory() as workdir:
-        pipeline = open_pipeline(Path(workdir) / "bench.sqlite3", IngestConfig())
+        pipeline = IngestPipeline(IngestWriter(Path(workdir) / "bench.sqlite3"))
         started = time.perf_counter()
         for i in range(0, len(messages), GROUP_MESSAGES):
             pipeline.process(messages[i : i + GROUP_MESSAGES])

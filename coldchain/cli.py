@@ -29,12 +29,31 @@ def _run_hub(args: argparse.Namespace) -> int:
 def _make_token(args: argparse.Namespace) -> int:
     import hashlib  # noqa: PLC0415
 
+    args.scope = args.scope or ["read"]
     token = secrets.token_urlsafe(32)
     digest = hashlib.sha256(token.encode()).hexdigest()
     print(f"token (give it to the client, it is not stored): {token}")
     print("add to the hub config:")
-    print(f'[[api.tokens]]\nname = "{args.name}"\nsha256 = "{digest}"\nscopes = ["read"]')
+    scopes = ", ".join(f'"{scope}"' for scope in args.scope)
+    print(f'[[api.tokens]]\nname = "{args.name}"\nsha256 = "{digest}"\nscopes = [{scopes}]')
     return 0
+
+
+def _verify_audit(args: argparse.Namespace) -> int:
+    from hub.audit import verify_chain  # noqa: PLC0415
+
+    report = verify_chain(args.db)
+    if report.ok:
+        print(f"audit chain intact: {report.entries} entries")
+        return 0
+    print(f"audit chain BROKEN at entry {report.first_bad_id}: {report.reason}", file=sys.stderr)
+    return 1
+
+
+def _run_receiver(args: argparse.Namespace) -> int:
+    from hub.receiver import run_receiver  # noqa: PLC0415
+
+    return run_receiver(args.port, args.secret_file, host=args.host)
 
 
 def _run_agent(args: argparse.Namespace) -> int:
@@ -71,7 +90,23 @@ def build_parser() -> argparse.ArgumentParser:
     hub_run.set_defaults(handler=_run_hub)
     hub_token = hub.add_parser("token", help="make an API token and print the config entry holding its hash")
     hub_token.add_argument("--name", default="api-client")
+    hub_token.add_argument(
+        "--scope",
+        action="append",
+        choices=["read", "command", "staff", "orders"],
+        default=None,
+        help="repeatable; default read",
+    )
     hub_token.set_defaults(handler=_make_token)
+    hub_audit = hub.add_parser("audit-verify", help="check the hash chain of the audit log; exit 1 if broken")
+    hub_audit.add_argument("--db", type=Path, required=True, help="the hub's SQLite store")
+    hub_audit.set_defaults(handler=_verify_audit)
+
+    receiver = commands.add_parser("receiver", help="the reference claim receiver a shop platform would run")
+    receiver.add_argument("--port", type=int, default=8090)
+    receiver.add_argument("--host", default="127.0.0.1")
+    receiver.add_argument("--secret-file", type=Path, required=True, help="the shared HMAC secret (one per line)")
+    receiver.set_defaults(handler=_run_receiver)
 
     agent = commands.add_parser("agent", help="the gateway agent")
     agent.add_argument("--config", type=Path, required=True)

@@ -8,7 +8,7 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 import msgspec
 from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request, status
@@ -18,8 +18,10 @@ from pydantic import BaseModel, Field
 import coldchain
 from coldchain.messages import Command, ConfigChange
 from coldchain.topics import GATEWAY_ID_CHARS
+from hub.alarms import AlarmError
 from hub.config import ApiToken
-from hub.store import ReadStore, StoreError
+from hub.ingest import IngestPipeline
+from hub.store import IngestWriter, ReadStore, StoreError
 
 
 class Health(BaseModel):
@@ -56,6 +58,7 @@ class Reading(BaseModel):
     quality: str
 
 
+T = TypeVar("T")
 UNITS = {"temperature": "°C", "humidity": "%RH"}
 
 
@@ -67,17 +70,23 @@ class TokenChecker:
     """Accepts a bearer token whose SHA-256 matches a configured token holding ``scope``."""
 
     def __init__(self, tokens: Sequence[ApiToken], scope: str) -> None:
-        self._hashes = [bytes.fromhex(t.sha256) for t in tokens if scope in t.scopes]
+        self._tokens = [(bytes.fromhex(t.sha256), t.name) for t in tokens if scope in t.scopes]
 
     def __call__(
         self, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(HTTPBearer(auto_error=False))]
     ) -> None:
+        self.actor(credentials)
+
+    def actor(
+        self, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(HTTPBearer(auto_error=False))]
+    ) -> str:
+        """The name of the token presented (recorded as who acted), or 401."""
         if credentials is not None:
             digest = hashlib.sha256(credentials.credentials.encode()).digest()
             # Compare against every hash so timing does not tell which one matched.
-            matches = [hmac.compare_digest(digest, known) for known in self._hashes]
-            if any(matches):
-                return
+            matches = [name for known, name in self._tokens if hmac.compare_digest(digest, known)]
+            if matches:
+                return matches[0]
         raise HTTPException(
             status.HTTP_401_UNAUTHORIZED, "a valid bearer token is required", headers={"WWW-Authenticate": "Bearer"}
         )
@@ -101,6 +110,57 @@ class CommandStatus(BaseModel):
     config_version: int | None
 
 
+class StaffAction(BaseModel):
+    """Why staff acknowledge or close an alarm (recorded in the audit log with who and when)."""
+
+    reason: str = Field(min_length=3, max_length=500)
+
+
+class Alarm(BaseModel):
+    """An alarm and where it stands in its lifecycle (open -> acknowledged -> closed)."""
+
+    alarm_id: str
+    gateway_id: str
+    sensor_id: str
+    quantity: str
+    kind: str
+    severity: str
+    state: str
+    started: datetime
+    opened: datetime
+    closed: datetime | None
+    peak_value: float | None
+    duration_s: float
+    message: str
+    acknowledged_by: str | None
+    closed_by: str | None
+    escalations: int
+
+
+class OrderIn(BaseModel):
+    """An order from the shop platform: items by EPC (URI or hex) and/or a lot; no personal data."""
+
+    order_id: str = Field(pattern=r"^[A-Za-z0-9_.:-]{1,64}$")
+    buyer_ref: str = Field(
+        pattern=r"^[A-Za-z0-9_.:-]{1,128}$", description="an opaque reference; never a name, phone or address"
+    )
+    items: list[str] = Field(default_factory=list, max_length=1000)
+    lot_id: str | None = Field(default=None, max_length=64)
+    product: str | None = Field(default=None, max_length=64, description="profile name, for the compensation policy")
+
+
+class Order(BaseModel):
+    """An order as stored, with its claims."""
+
+    order_id: str
+    buyer_ref: str
+    product: str | None
+    lot_id: str | None
+    status: str
+    items: list[str]
+    claims: list[dict[str, object]]
+
+
 def get_store(request: Request) -> ReadStore:
     """The read store the app was built with."""
     store: ReadStore = request.app.state.store
@@ -117,6 +177,7 @@ def create_app(
     mqtt_connected: Callable[[], bool],
     ingest_counters: Callable[[], dict[str, int]],
     send_command: Callable[[Command], None],
+    pipeline: IngestPipeline | None = None,
 ) -> FastAPI:
     """Build the API; every ``/api/v1`` route needs a bearer token with the ``read`` scope."""
     app = FastAPI(title="coldchain hub", version=coldchain.__version__)
@@ -206,4 +267,93 @@ def create_app(
             config_version=row.config_version,
         )
 
+    _add_alarm_and_order_routes(app, tokens, pipeline)
     return app
+
+
+def _add_alarm_and_order_routes(app: FastAPI, tokens: Sequence[ApiToken], pipeline: IngestPipeline | None) -> None:
+    """Staff alarm handling (scope ``staff``), orders (scope ``orders``) and investigations."""
+    staff = TokenChecker(tokens, "staff")
+    orders_scope = [Depends(TokenChecker(tokens, "orders"))]
+
+    def write(action: Callable[[IngestWriter, int], T]) -> T:
+        if pipeline is None:
+            raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "this hub has no writer")
+        try:
+            return pipeline.staff_action(action)
+        except AlarmError as exc:
+            raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from exc
+        except StoreError as exc:
+            raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, str(exc)) from exc
+
+    @app.get("/api/v1/alarms", dependencies=[Depends(staff)], tags=["alarms"])
+    def list_alarms(
+        store: StoreDep, state: Annotated[str | None, Query(pattern="^(open|acknowledged|closed|active)$")] = None
+    ) -> list[Alarm]:
+        return [Alarm(**row) for row in store.alarms(state)]
+
+    @app.post("/api/v1/alarms/{alarm_id}/acknowledge", tags=["alarms"])
+    def acknowledge_alarm(alarm_id: str, body: StaffAction, actor: Annotated[str, Depends(staff.actor)]) -> Alarm:
+        def act(writer: IngestWriter, now_ms: int) -> None:
+            with writer.transaction() as conn:
+                writer.alarms.acknowledge(conn, alarm_id, actor, body.reason, now_ms)
+
+        write(act)
+        return _one_alarm(app, alarm_id)
+
+    @app.post("/api/v1/alarms/{alarm_id}/close", tags=["alarms"])
+    def close_alarm(alarm_id: str, body: StaffAction, actor: Annotated[str, Depends(staff.actor)]) -> Alarm:
+        def act(writer: IngestWriter, now_ms: int) -> None:
+            with writer.transaction() as conn:
+                writer.alarms.close_by_staff(conn, alarm_id, actor, body.reason, now_ms)
+
+        write(act)
+        return _one_alarm(app, alarm_id)
+
+    @app.post("/api/v1/orders", dependencies=orders_scope, tags=["orders"], status_code=status.HTTP_201_CREATED)
+    def create_order(body: OrderIn, store: StoreDep) -> Order:
+        def act(writer: IngestWriter, now_ms: int) -> bool:
+            with writer.transaction() as conn:
+                created = (
+                    conn.execute(
+                        "INSERT OR IGNORE INTO orders (order_id, buyer_ref, product, lot_id, status, created_ms)"
+                        " VALUES (?, ?, ?, ?, 'active', ?)",
+                        (body.order_id, body.buyer_ref, body.product, body.lot_id, now_ms),
+                    ).rowcount
+                    == 1
+                )
+                if created:
+                    conn.executemany(
+                        "INSERT OR IGNORE INTO order_items VALUES (?, ?)", [(body.order_id, e) for e in body.items]
+                    )
+                return created
+
+        if not write(act):
+            existing = store.order(body.order_id)
+            if existing is None or existing["buyer_ref"] != body.buyer_ref:
+                raise HTTPException(status.HTTP_409_CONFLICT, "order id already used for another order")
+        order = store.order(body.order_id)
+        assert order is not None
+        return Order(**order)
+
+    @app.get("/api/v1/orders/{order_id}", dependencies=orders_scope, tags=["orders"])
+    def get_order(order_id: str, store: StoreDep) -> Order:
+        order = store.order(order_id)
+        if order is None:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, "no such order")
+        return Order(**order)
+
+    @app.get("/api/v1/investigations/{claim_id}", dependencies=[Depends(staff)], tags=["alarms"])
+    def get_investigation(claim_id: str, store: StoreDep) -> dict[str, object]:
+        investigation = store.investigation(claim_id)
+        if investigation is None:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, "no investigation for this claim")
+        return investigation
+
+
+def _one_alarm(app: FastAPI, alarm_id: str) -> Alarm:
+    store: ReadStore = app.state.store
+    row = store.alarm(alarm_id)
+    if row is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, "no such alarm")
+    return Alarm(**row)

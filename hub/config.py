@@ -10,9 +10,11 @@ import msgspec
 from coldchain.config import load_toml
 from coldchain.errors import ConfigError
 from coldchain.mqtt import MqttConfig
+from hub.alarms import AlarmSettings
 from hub.ingest import IngestConfig
+from hub.notify import Endpoint
 
-Scope = Literal["read", "command"]
+Scope = Literal["read", "command", "staff", "orders"]
 
 
 class ApiToken(msgspec.Struct, forbid_unknown_fields=True):
@@ -44,6 +46,12 @@ class HubConfig(msgspec.Struct, forbid_unknown_fields=True):
     store: StoreConfig = msgspec.field(default_factory=StoreConfig)
     ingest: IngestConfig = msgspec.field(default_factory=IngestConfig)
     api: ApiConfig = msgspec.field(default_factory=ApiConfig)
+    profiles_file: str | None = None
+    """Product profiles and their bindings to gateways (config/profiles.toml); without it nothing is judged."""
+    compensation_file: str | None = None
+    """The compensation policy (config/compensation.toml); without it no claims are made."""
+    alarms: AlarmSettings = msgspec.field(default_factory=AlarmSettings)
+    endpoints: list[Endpoint] = msgspec.field(default_factory=list)
 
 
 def load_hub_config(path: Path) -> HubConfig:
@@ -55,4 +63,15 @@ def load_hub_config(path: Path) -> HubConfig:
         )
     if config.mqtt.username is None:
         raise ConfigError("[mqtt] username is required: the broker must not accept anonymous clients", source=str(path))
+    return check_endpoints(config, source=str(path))
+
+
+def check_endpoints(config: HubConfig, *, source: str) -> HubConfig:
+    """Every endpoint named by the alarm settings or the policy must be configured."""
+    names = {endpoint.name for endpoint in config.endpoints}
+    if len(names) != len(config.endpoints):
+        raise ConfigError("[[endpoints]] names must be unique", source=source)
+    missing = set(config.alarms.notify) - names
+    if missing:
+        raise ConfigError(f"[alarms] notify names unknown endpoints {sorted(missing)}", source=source)
     return config

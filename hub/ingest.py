@@ -16,8 +16,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Final, cast
+from typing import Any, Final, TypeVar, cast
 
 import msgspec
 import paho.mqtt.client as paho
@@ -41,16 +40,24 @@ from coldchain.messages import (
     encode,
 )
 from coldchain.mqtt import MqttConfig, configure_client
+from hub.alarms import AlarmChange
+from hub.detectors.base import Finding, SeriesKey
+from hub.detectors.detector_set import DetectorSet
 from hub.ledger import DeliveryLedger
 from hub.store import IngestWriter, Rejection, SideMessage, StoreError
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 GROUP_MAX_MESSAGES: Final = 500
 """Messages per transaction: large enough to amortise the fsync, small enough to ack promptly."""
 GROUP_MAX_WAIT_S: Final = 0.02
 """Longest a message waits for its group to fill; bounds the added receipt latency."""
+DETECTOR_WARMUP_S: Final = 24 * 3600.0
+"""Readings replayed into fresh detectors at start: the longest window a detector looks at (MKT)."""
 COMMIT_RETRY_S: Final = 1.0
+TICK_INTERVAL_S: Final = 5.0
+"""How often silence and escalations are checked: far finer than their minutes-long thresholds."""
 """Pause before retrying a failed commit (disk full, locked): the group is kept, never dropped."""
 RECONNECT_MIN_S: Final = 1
 RECONNECT_MAX_S: Final = 30
@@ -120,13 +127,16 @@ class IngestPipeline:
         max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
         stats: IngestStats | None = None,
         wall_clock: Callable[[], float] = time.time,
+        detectors: Callable[[], DetectorSet] | None = None,
     ) -> None:
         self._writer = writer
         self._ledger = DeliveryLedger(writer.load_cursors())
+        self._make_detectors = detectors
         self._max_payload_bytes = max_payload_bytes
         self.stats = stats or IngestStats()
         self._wall_clock = wall_clock
         self._write_lock = threading.Lock()
+        self._detectors = self._warm_detectors()
 
     def process(self, group: Sequence[Inbound]) -> list[Receipt]:
         """Commit ``group`` atomically; raise ``StoreError`` (nothing changed) if the commit fails."""
@@ -149,9 +159,17 @@ class IngestPipeline:
                 side_messages.append(parsed)
         plan = self._ledger.plan(batches)
         now_ms = int(self._wall_clock() * 1000)
+        findings = self._judge(plan.new_batches)
         with self._write_lock:
-            self._writer.commit(plan, rejections, side_messages, now_ms)
+            try:
+                changes = self._writer.commit(plan, rejections, side_messages, now_ms, findings)
+            except StoreError:
+                # The detectors already saw these readings; rebuild them from what is committed so
+                # the retry of this group is judged again, not skipped as late.
+                self._detectors = self._warm_detectors()
+                raise
         self._ledger.apply(plan)
+        self._report(changes)
 
         stats = self.stats
         stats.add("messages", len(group))
@@ -171,6 +189,53 @@ class IngestPipeline:
             Receipt(gateway_id=gateway_id, acked_seq=cursor.acked_seq, ts_ms=now_ms)
             for gateway_id, cursor in plan.cursors.items()
         ]
+
+    def tick(self) -> list[AlarmChange]:
+        """Time-driven findings (silent sensors) and alarm escalations, committed."""
+        now_ms = int(self._wall_clock() * 1000)
+        findings = self._detectors.tick(now_ms) if self._detectors else []
+        with self._write_lock:
+            changes = self._writer.commit_tick(findings, now_ms)
+        self._report(changes)
+        return changes
+
+    def staff_action(self, action: Callable[[IngestWriter, int], T]) -> T:
+        """Run a staff or API write (acknowledge, close, create an order) serialised with ingest."""
+        with self._write_lock:
+            return action(self._writer, int(self._wall_clock() * 1000))
+
+    def _judge(self, batches: Sequence[TelemetryBatch]) -> list[Finding]:
+        if self._detectors is None:
+            return []
+        findings: list[Finding] = []
+        for batch in batches:
+            findings += self._detectors.feed_batch(batch.gateway_id, batch.readings)
+        return findings
+
+    def _warm_detectors(self) -> DetectorSet | None:
+        """Fresh detectors fed the recent committed readings; their findings were applied back then."""
+        if self._make_detectors is None:
+            return None
+        detectors = self._make_detectors()
+        since_ms = int((self._wall_clock() - DETECTOR_WARMUP_S) * 1000)
+        for gateway_id, reading in self._writer.recent_readings(since_ms):
+            detectors.feed(SeriesKey(gateway_id, reading.sensor_id, reading.quantity), reading)
+        return detectors
+
+    def _report(self, changes: Sequence[AlarmChange]) -> None:
+        for change in changes:
+            self.stats.add(f"alarms_{change.action}")
+            self.stats.add("claims_created", change.claims)
+            log.warning(
+                "alarm %s %s: %s %s on %s/%s%s",
+                change.alarm_id[:8],
+                change.action,
+                change.severity,
+                change.kind,
+                change.gateway_id,
+                change.sensor_id,
+                f", {change.claims} claim(s) created" if change.claims else "",
+            )
 
     def record_command(self, command: Command) -> None:
         """Store a command before it is sent (from an API thread: serialised with the writer)."""
@@ -272,7 +337,14 @@ class MqttIngest:
         )
 
     def _write_loop(self) -> None:
+        next_tick = time.monotonic()
         while not self._stop.is_set():
+            if time.monotonic() >= next_tick:
+                next_tick = time.monotonic() + TICK_INTERVAL_S
+                try:
+                    self._pipeline.tick()
+                except StoreError as exc:
+                    log.error("alarm tick failed: %s", exc)
             group = self._next_group()
             while group:
                 try:
@@ -329,8 +401,3 @@ class MqttIngest:
     def wait_connected(self, timeout_s: float) -> bool:
         """Block until connected or ``timeout_s`` passed."""
         return self._connected.wait(timeout_s)
-
-
-def open_pipeline(db_path: Path, config: IngestConfig, stats: IngestStats | None = None) -> IngestPipeline:
-    """Open the store at ``db_path`` and build a pipeline on it."""
-    return IngestPipeline(IngestWriter(db_path), max_payload_bytes=config.max_payload_bytes, stats=stats)

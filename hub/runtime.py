@@ -12,10 +12,17 @@ from types import FrameType
 
 import uvicorn
 
+from coldchain.errors import ConfigError
+from hub import audit
+from hub.alarms import AlarmService
 from hub.api import create_app
+from hub.compensation import load_policy
 from hub.config import HubConfig
-from hub.ingest import MqttIngest, open_pipeline
-from hub.store import ReadStore
+from hub.detectors.detector_set import DetectorSet
+from hub.ingest import IngestPipeline, MqttIngest
+from hub.outbox import CLAIM_KIND, OutboxDispatcher, OutboxRow, SqliteOutbox
+from hub.profiles import load_profile_book
+from hub.store import IngestWriter, ReadStore
 
 log = logging.getLogger(__name__)
 
@@ -37,14 +44,41 @@ class HubRuntime:
 
     def __init__(self, config: HubConfig, *, demo: bool = False) -> None:
         db_path = Path(config.store.path)
-        self.pipeline = open_pipeline(db_path, config.ingest)
+        book = load_profile_book(Path(config.profiles_file)) if config.profiles_file else None
+        policy = load_policy(Path(config.compensation_file)) if config.compensation_file else None
+        endpoints = {endpoint.name: endpoint for endpoint in config.endpoints}
+        if policy is not None and policy.endpoint not in endpoints:
+            raise ConfigError(f"the compensation policy sends claims to unknown endpoint {policy.endpoint!r}")
+
+        def product_of_gateway(gateway_id: str) -> str | None:
+            profile = book.for_gateway(gateway_id) if book else None
+            return profile.name if profile else None
+
+        def make_detectors() -> DetectorSet:
+            return DetectorSet(lambda key: book.for_gateway(key.gateway_id) if book else None)
+
+        alarms = AlarmService(config.alarms, policy, product_of_gateway)
+        self.pipeline = IngestPipeline(
+            IngestWriter(db_path, alarms),
+            max_payload_bytes=config.ingest.max_payload_bytes,
+            detectors=make_detectors if book else None,
+        )
+        secrets = {
+            name: secret
+            for name, endpoint in endpoints.items()
+            if (secret := endpoint.load_secret(allow_placeholder=demo)) is not None
+        }
+        self.dispatcher = OutboxDispatcher(
+            SqliteOutbox(db_path), endpoints, secrets=secrets, on_delivered=self._claim_delivered
+        )
         self.ingest = MqttIngest(self.pipeline, config.mqtt, config.ingest, allow_placeholder_secret=demo)
         self.read_store = ReadStore(db_path)
         app = create_app(
             self.read_store,
             config.api.tokens,
             mqtt_connected=lambda: self.ingest.connected,
-            ingest_counters=self.pipeline.stats.snapshot,
+            ingest_counters=self._counters,
+            pipeline=self.pipeline,
             send_command=self.ingest.send_command,
         )
         self._server = _Server(
@@ -61,14 +95,17 @@ class HubRuntime:
         signal.signal(signal.SIGINT, _request_exit)
         signal.signal(signal.SIGTERM, _request_exit)
         self.ingest.start()
+        self.dispatcher.start()
         try:
             self._server.run()
         finally:
+            self.dispatcher.stop()
             self.ingest.stop()
 
     def start_in_thread(self) -> None:
         """Start ingest and the API without blocking (the demo runs several parts in one process)."""
         self.ingest.start()
+        self.dispatcher.start()
         self._thread = threading.Thread(target=self._server.run, name="hub-api", daemon=True)
         self._thread.start()
 
@@ -82,4 +119,37 @@ class HubRuntime:
         self._server.should_exit = True
         if self._thread is not None:
             self._thread.join(timeout=10)
+        self.dispatcher.stop()
         self.ingest.stop()
+
+    def _counters(self) -> dict[str, int]:
+        flat = self.pipeline.stats.snapshot()
+        for name, per_endpoint in self.dispatcher.counters().items():
+            for endpoint, value in per_endpoint.items():
+                flat[f"outbox_{name}_{endpoint}"] = value
+        return flat
+
+    def _claim_delivered(self, row: OutboxRow, now_ms: int) -> None:
+        """The shop platform acknowledged a claim: record it (state and audit) in one transaction."""
+        if row.kind != CLAIM_KIND:
+            return
+        claim_id = row.event_id.removeprefix("claim-")
+
+        def mark(writer: IngestWriter, _now_ms: int) -> None:
+            with writer.transaction() as conn:
+                updated = conn.execute(
+                    "UPDATE claims SET state = 'delivered', delivered_ms = ? WHERE claim_id = ? AND state = 'pending'",
+                    (now_ms, claim_id),
+                ).rowcount
+                if updated:
+                    audit.append(
+                        conn,
+                        entity="claim",
+                        entity_id=claim_id,
+                        action="delivered",
+                        actor=row.endpoint,
+                        data={"event_id": row.event_id},
+                        ts_ms=now_ms,
+                    )
+
+        self.pipeline.staff_action(mark)

@@ -8,12 +8,14 @@ undo would turn that receipt into a lost batch.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import closing, contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 from coldchain.errors import ColdchainError
 from coldchain.messages import (
@@ -22,10 +24,17 @@ from coldchain.messages import (
     GatewayHealth,
     GatewayStatus,
     LocalAlarm,
+    Quality,
+    Quantity,
+    Reading,
     TelemetryBatch,
     encode,
 )
+from hub.alarms import ALARMS_DDL, AlarmChange, AlarmService
+from hub.audit import AUDIT_DDL
+from hub.detectors.base import Finding
 from hub.ledger import Cursor, Plan
+from hub.outbox import OUTBOX_DDL
 
 BUSY_TIMEOUT_S: Final = 10.0
 """A reader never blocks the writer in WAL mode; this only covers checkpoints and migrations."""
@@ -155,6 +164,7 @@ MIGRATIONS: Final[tuple[str, ...]] = (
         config_version INTEGER
     );
     """,
+    ALARMS_DDL + OUTBOX_DDL + AUDIT_DDL,
 )
 
 
@@ -223,7 +233,7 @@ def migrate(conn: sqlite3.Connection) -> int:
     for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
         try:
             conn.execute("BEGIN IMMEDIATE")
-            for statement in filter(str.strip, script.split(";")):
+            for statement in _statements(script):
                 conn.execute(statement)
             conn.execute(f"PRAGMA user_version = {number}")
             conn.execute("COMMIT")
@@ -233,12 +243,44 @@ def migrate(conn: sqlite3.Connection) -> int:
     return len(MIGRATIONS)
 
 
-class IngestWriter:
-    """The single writer of telemetry: commits one plan (a group of messages) per transaction."""
+def _statements(script: str) -> list[str]:
+    """Split a script into statements, keeping trigger bodies (which contain ';') whole."""
+    statements: list[str] = []
+    pending = ""
+    for line in script.splitlines(keepends=True):
+        pending += line
+        if sqlite3.complete_statement(pending):
+            statements.append(pending.strip())
+            pending = ""
+    if pending.strip():
+        statements.append(pending.strip())
+    return [s for s in statements if s and s != ";"]
 
-    def __init__(self, path: Path) -> None:
+
+class IngestWriter:
+    """The single writer of the system of record: one transaction per commit group or staff action."""
+
+    def __init__(self, path: Path, alarms: AlarmService | None = None) -> None:
         self._conn = connect(path)
         migrate(self._conn)
+        self._alarms = alarms
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """An immediate transaction on the write connection, rolled back on any error."""
+        conn = self._conn
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            yield conn
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise StoreError(f"transaction failed: {exc}") from exc
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
 
     def load_cursors(self) -> dict[str, Cursor]:
         """Read every gateway's delivery cursor, including seqs committed above ``acked_seq``."""
@@ -254,40 +296,59 @@ class IngestWriter:
         return cursors
 
     def commit(
-        self, plan: Plan, rejections: Sequence[Rejection], side_messages: Sequence[SideMessage], now_ms: int
-    ) -> None:
-        """Write a plan's batches, gaps and cursors, plus rejections and side messages, atomically."""
-        conn = self._conn
+        self,
+        plan: Plan,
+        rejections: Sequence[Rejection],
+        side_messages: Sequence[SideMessage],
+        now_ms: int,
+        findings: Sequence[Finding] = (),
+    ) -> list[AlarmChange]:
+        """Write a plan's batches, gaps and cursors, rejections, side messages and the alarm changes
+        the findings cause, atomically; return the alarm changes."""
         try:
-            conn.execute("BEGIN IMMEDIATE")
-            self._write_batches(plan.new_batches, now_ms)
-            self._write_cursors(plan.cursors, now_ms)
-            conn.executemany(
-                "INSERT INTO gaps (gateway_id, first_seq, last_seq, boot_id, detected_ms) VALUES (?, ?, ?, ?, ?)",
-                [(g.gateway_id, g.first_seq, g.last_seq, g.boot_id, now_ms) for g in plan.gaps],
-            )
-            conn.executemany(
-                "INSERT INTO rejected (received_ms, topic, reason, detail, payload_size, payload)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                [
-                    (
-                        r.received_ms,
-                        r.topic,
-                        r.reason,
-                        r.detail,
-                        len(r.payload),
-                        r.payload[:REJECTED_PAYLOAD_KEEP_BYTES],
-                    )
-                    for r in rejections
-                ],
-            )
-            for message in side_messages:
-                self._write_side_message(message, now_ms)
-            conn.execute("COMMIT")
-        except sqlite3.Error as exc:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
+            with self.transaction() as conn:
+                self._write_batches(plan.new_batches, now_ms)
+                self._write_cursors(plan.cursors, now_ms)
+                conn.executemany(
+                    "INSERT INTO gaps (gateway_id, first_seq, last_seq, boot_id, detected_ms) VALUES (?, ?, ?, ?, ?)",
+                    [(g.gateway_id, g.first_seq, g.last_seq, g.boot_id, now_ms) for g in plan.gaps],
+                )
+                conn.executemany(
+                    "INSERT INTO rejected (received_ms, topic, reason, detail, payload_size, payload)"
+                    " VALUES (?, ?, ?, ?, ?, ?)",
+                    [
+                        (
+                            r.received_ms,
+                            r.topic,
+                            r.reason,
+                            r.detail,
+                            len(r.payload),
+                            r.payload[:REJECTED_PAYLOAD_KEEP_BYTES],
+                        )
+                        for r in rejections
+                    ],
+                )
+                for message in side_messages:
+                    self._write_side_message(message, now_ms)
+                return self._alarms.apply(conn, findings, now_ms) if self._alarms and findings else []
+        except StoreError as exc:
             raise StoreError(f"commit of {len(plan.new_batches)} batches failed: {exc}") from exc
+
+    def commit_tick(self, findings: Sequence[Finding], now_ms: int) -> list[AlarmChange]:
+        """Apply time-driven findings (silence) and escalations in one transaction."""
+        if self._alarms is None:
+            return []
+        with self.transaction() as conn:
+            return self._alarms.apply(conn, findings, now_ms) + self._alarms.escalate_due(conn, now_ms)
+
+    def recent_readings(self, since_ms: int) -> Iterator[tuple[str, Reading]]:
+        """Readings newer than ``since_ms`` in time order, to warm detectors up after a start."""
+        for gateway_id, sensor_id, quantity, ts_ms, value, quality in self._conn.execute(
+            "SELECT gateway_id, sensor_id, quantity, ts_ms, value, quality FROM readings WHERE ts_ms > ?"
+            " ORDER BY ts_ms",
+            (since_ms,),
+        ):
+            yield gateway_id, Reading(sensor_id, Quantity(quantity), ts_ms, value, Quality(quality))
 
     def _write_batches(self, batches: Sequence[TelemetryBatch], now_ms: int) -> None:
         conn = self._conn
@@ -397,6 +458,10 @@ class IngestWriter:
                 self._write_status(message, now_ms)
             case GatewayHealth():
                 self._conn.execute(
+                    "INSERT INTO gateway_health_history VALUES (?, ?, ?)",
+                    (message.gateway_id, message.ts_ms, encode(message)),
+                )
+                self._conn.execute(
                     "INSERT INTO gateway_health VALUES (?, ?, ?) ON CONFLICT (gateway_id) DO UPDATE SET"
                     " ts_ms = excluded.ts_ms, body = excluded.body WHERE excluded.ts_ms >= gateway_health.ts_ms",
                     (message.gateway_id, message.ts_ms, encode(message)),
@@ -429,6 +494,13 @@ class IngestWriter:
                     ),
                 )
 
+    @property
+    def alarms(self) -> AlarmService:
+        """The alarm service writing inside this writer's transactions."""
+        if self._alarms is None:
+            raise StoreError("this hub was started without alarms")
+        return self._alarms
+
     def record_command(self, command: Command, now_ms: int) -> None:
         """Remember a command before it is published, so its answer has a row to land in."""
         try:
@@ -451,6 +523,19 @@ class IngestWriter:
     def close(self) -> None:
         """Close the write connection."""
         self._conn.close()
+
+
+@dataclass(frozen=True)
+class CommandRow:
+    """A command and where it stands."""
+
+    command_id: str
+    gateway_id: str
+    issued_ms: int
+    status: str
+    reason: str | None
+    answered_ms: int | None
+    config_version: int | None
 
 
 class ReadStore:
@@ -506,15 +591,81 @@ class ReadStore:
             row = conn.execute("SELECT body FROM gateway_health WHERE gateway_id = ?", (gateway_id,)).fetchone()
         return bytes(row[0]) if row else None
 
+    def _rows(self, query: str, params: tuple[object, ...] = ()) -> list[dict[str, Any]]:
+        with self._connection() as conn:
+            cursor = conn.execute(query, params)
+            columns = [d[0] for d in cursor.description]
+            return [dict(zip(columns, row, strict=True)) for row in cursor.fetchall()]
 
-@dataclass(frozen=True)
-class CommandRow:
-    """A command and where it stands."""
+    def alarms(self, state: str | None = None) -> list[dict[str, Any]]:
+        """Alarms newest first, optionally in one state (``active``: not closed)."""
+        if state is None:
+            rows = self._rows("SELECT * FROM alarms ORDER BY opened_ms DESC")
+        elif state == "active":
+            rows = self._rows("SELECT * FROM alarms WHERE state != 'closed' ORDER BY opened_ms DESC")
+        else:
+            rows = self._rows("SELECT * FROM alarms WHERE state = ? ORDER BY opened_ms DESC", (state,))
+        return [_alarm_view(row) for row in rows]
 
-    command_id: str
-    gateway_id: str
-    issued_ms: int
-    status: str
-    reason: str | None
-    answered_ms: int | None
-    config_version: int | None
+    def alarm(self, alarm_id: str) -> dict[str, Any] | None:
+        """One alarm, or ``None``."""
+        rows = self._rows("SELECT * FROM alarms WHERE alarm_id = ?", (alarm_id,))
+        return _alarm_view(rows[0]) if rows else None
+
+    def order(self, order_id: str) -> dict[str, Any] | None:
+        """An order with its items and claims, or ``None``."""
+        rows = self._rows(
+            "SELECT order_id, buyer_ref, product, lot_id, status FROM orders WHERE order_id = ?", (order_id,)
+        )
+        if not rows:
+            return None
+        items = [
+            r["epc"] for r in self._rows("SELECT epc FROM order_items WHERE order_id = ? ORDER BY epc", (order_id,))
+        ]
+        claims = self._rows(
+            "SELECT claim_id, alarm_id, action, refund_percent, voucher_cny, state, created_ms, delivered_ms"
+            " FROM claims WHERE order_id = ? ORDER BY created_ms",
+            (order_id,),
+        )
+        return {**rows[0], "items": items, "claims": claims}
+
+    def claims(self) -> list[dict[str, Any]]:
+        """Every claim, oldest first."""
+        return self._rows("SELECT * FROM claims ORDER BY created_ms")
+
+    def investigation(self, claim_id: str) -> dict[str, Any] | None:
+        """The investigation of a claim with its evidence, exportable as JSON."""
+        rows = self._rows("SELECT * FROM investigations WHERE claim_id = ?", (claim_id,))
+        if not rows:
+            return None
+        row = rows[0]
+        return {**row, "evidence": json.loads(row["evidence"])}
+
+
+def _alarm_view(row: dict[str, Any]) -> dict[str, Any]:
+    def utc(ms: int | None) -> datetime | None:
+        return None if ms is None else datetime.fromtimestamp(ms / 1000, tz=UTC)
+
+    return {
+        **{
+            k: row[k]
+            for k in (
+                "alarm_id",
+                "gateway_id",
+                "sensor_id",
+                "quantity",
+                "kind",
+                "severity",
+                "state",
+                "peak_value",
+                "duration_s",
+                "message",
+                "acknowledged_by",
+                "closed_by",
+                "escalations",
+            )
+        },
+        "started": utc(row["started_ms"]),
+        "opened": utc(row["opened_ms"]),
+        "closed": utc(row["closed_ms"]),
+    }

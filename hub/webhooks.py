@@ -39,19 +39,19 @@ class SignatureError(ColdchainError):
     reason = "signature"
 
 
-class MalformedSignature(SignatureError):
+class MalformedSignature(SignatureError):  # noqa: N818 - the names the API promises
     """The header is not ``t=<int>,v1=<hex>[,v1=<hex>...]``."""
 
     reason = "malformed_signature"
 
 
-class StaleSignature(SignatureError):
+class StaleSignature(SignatureError):  # noqa: N818 - the names the API promises
     """The signed timestamp is further from the receiver's clock than the tolerance (past or future)."""
 
     reason = "stale_signature"
 
 
-class BadSignature(SignatureError):
+class BadSignature(SignatureError):  # noqa: N818 - the names the API promises
     """No ``v1`` value matches the body under any known secret."""
 
     reason = "bad_signature"

@@ -81,6 +81,13 @@ def test_the_sample_configs_are_valid() -> None:
     assert [p.address for p in agent.buses[0].probes] == [1, 2]
     hub = load_hub_config(REPO / "config/hub.toml")
     assert hub.api.tokens
+    assert {e.name for e in hub.endpoints} >= set(hub.alarms.notify)
+    from hub.compensation import load_policy  # noqa: PLC0415
+    from hub.profiles import load_profile_book  # noqa: PLC0415
+
+    policy = load_policy(REPO / "config/compensation.toml")
+    assert policy.endpoint in {e.name for e in hub.endpoints}
+    assert load_profile_book(REPO / "config/profiles.toml").for_gateway("gw-reefer") is not None
 
 
 def test_hub_config_without_token_is_refused(tmp_path: Path) -> None:

@@ -1,0 +1,143 @@
+"""Every detector over every series, behind one ``feed`` / ``tick`` / ``snapshot`` / ``restore``."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any, Final
+
+import msgspec
+
+from coldchain.messages import Quality, Reading
+from hub.detectors.base import Finding, ProfileFor, SeriesDetector, SeriesKey
+from hub.detectors.cumulative import CumulativeDetector
+from hub.detectors.fluctuation import FluctuationDetector
+from hub.detectors.mkt import MktDetector
+from hub.detectors.out_of_range import OutOfRangeDetector
+from hub.detectors.rate import RateOfChangeDetector
+from hub.detectors.silent import SilentSensorDetector
+from hub.detectors.stuck import StuckSensorDetector
+
+SNAPSHOT_VERSION: Final = 1
+
+
+class _Snapshot(msgspec.Struct, forbid_unknown_fields=True):
+    version: int
+    late_readings: int
+    bad_readings: int
+    newest: list[tuple[SeriesKey, int]]
+    detectors: dict[str, msgspec.Raw]
+
+
+_DECODER: Final = msgspec.json.Decoder(_Snapshot)
+_ENCODER: Final = msgspec.json.Encoder()
+
+
+def default_detectors(profile_for: ProfileFor) -> list[SeriesDetector[Any]]:
+    """One of each detector, in the order their findings are returned."""
+    return [
+        OutOfRangeDetector(profile_for),
+        CumulativeDetector(profile_for),
+        MktDetector(profile_for),
+        RateOfChangeDetector(profile_for),
+        StuckSensorDetector(profile_for),
+        SilentSensorDetector(profile_for),
+        FluctuationDetector(profile_for),
+    ]
+
+
+class DetectorSet:
+    """Runs every detector on each reading of a series and returns all their findings in order.
+
+    The late-reading rule is applied here once for all: a reading not newer than its series'
+    newest is counted in ``late_readings`` and judged by no detector. Readings of quality
+    ``bad`` (the sensor reported an error; the value is kept only for the record) are counted in
+    ``bad_readings`` and judged by none either: a sensor sending only errors is as good as silent.
+    A series whose ``profile_for`` is ``None`` is not judged.
+    """
+
+    def __init__(self, profile_for: ProfileFor, detectors: Sequence[SeriesDetector[Any]] | None = None) -> None:
+        """Use ``detectors`` (default: one of each, all sharing ``profile_for``)."""
+        self._profile_for = profile_for
+        self.detectors: tuple[SeriesDetector[Any], ...] = tuple(
+            default_detectors(profile_for) if detectors is None else detectors
+        )
+        names = [detector.kind.value for detector in self.detectors]
+        if len(set(names)) != len(names):
+            raise ValueError(f"one detector per kind, got {names}")
+        self._newest: dict[SeriesKey, int] = {}
+        self.late_readings = 0
+        self.bad_readings = 0
+
+    def feed(self, key: SeriesKey, reading: Reading) -> list[Finding]:
+        """Judge one reading of ``key`` with every detector."""
+        newest = self._newest.get(key)
+        if newest is not None and reading.ts_ms <= newest:
+            self.late_readings += 1
+            return []
+        if reading.quality is Quality.BAD:
+            self.bad_readings += 1
+            return []
+        self._newest[key] = reading.ts_ms
+        profile = self._profile_for(key)
+        if profile is None:
+            return []
+        findings: list[Finding] = []
+        for detector in self.detectors:
+            findings += detector.observe(key, reading, profile)
+        return findings
+
+    def feed_batch(self, gateway_id: str, readings: Iterable[Reading]) -> list[Finding]:
+        """Judge the readings of one gateway's batch, in order."""
+        findings: list[Finding] = []
+        for reading in readings:
+            findings += self.feed(SeriesKey(gateway_id, reading.sensor_id, reading.quantity), reading)
+        return findings
+
+    def tick(self, now_ms: int) -> list[Finding]:
+        """Advance the hub clock: time-driven findings (silence) of every detector."""
+        findings: list[Finding] = []
+        for detector in self.detectors:
+            findings += detector.tick(now_ms)
+        return findings
+
+    def reset(self, key: SeriesKey) -> None:
+        """Start a new journey for ``key``: the time-out-of-range budget starts again from zero.
+
+        The other detectors judge the air, not the goods, and keep their state (an open excursion
+        still closes normally).
+        """
+        for detector in self.detectors:
+            if isinstance(detector, CumulativeDetector):
+                detector.reset(key)
+
+    def snapshot(self) -> bytes:
+        """The state of every detector and of the late-reading rule, as msgspec JSON."""
+        return _ENCODER.encode(
+            _Snapshot(
+                SNAPSHOT_VERSION,
+                self.late_readings,
+                self.bad_readings,
+                list(self._newest.items()),
+                {detector.kind.value: msgspec.Raw(detector.snapshot()) for detector in self.detectors},
+            )
+        )
+
+    def restore(self, data: bytes) -> None:
+        """Replace all state with a ``snapshot``; raises ``ValueError`` when it does not fit this set."""
+        try:
+            snapshot = _DECODER.decode(data)
+        except msgspec.DecodeError as exc:
+            raise ValueError(f"not a detector snapshot: {exc}") from exc
+        if snapshot.version != SNAPSHOT_VERSION:
+            raise ValueError(f"detector snapshot version {snapshot.version}, expected {SNAPSHOT_VERSION}")
+        missing = {detector.kind.value for detector in self.detectors} - set(snapshot.detectors)
+        if missing:
+            raise ValueError(f"detector snapshot lacks {sorted(missing)}")
+        for detector in self.detectors:
+            try:
+                detector.restore(snapshot.detectors[detector.kind.value])
+            except msgspec.DecodeError as exc:
+                raise ValueError(f"detector snapshot of {detector.kind.value} is invalid: {exc}") from exc
+        self._newest = dict(snapshot.newest)
+        self.late_readings = snapshot.late_readings
+        self.bad_readings = snapshot.bad_readings

@@ -1,0 +1,165 @@
+"""Rate of change: a door opening (fast, short) and a cooling failure (slower, sustained).
+
+Door: the rate between the newest reading and the oldest one of the last ``DOOR_WINDOW_S``
+(judged once they span three quarters of it, so two close noisy readings are not a rate) reaching
+``door_rate_c_per_min`` in either direction opens an info finding. Cooling failure: readings are
+averaged per minute, and when every minute's mean has risen over the previous one by at least
+``sustained_rate_c_per_min`` for ``sustained_rise_s`` in a row, the finding becomes (or opens as)
+a warning. A door spike rises for a minute or two then falls; a stopped cooling unit (or a door
+left open) keeps rising. The finding closes when neither holds (the rate has calmed); its
+severity never drops while it is open. Temperature series only.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import ClassVar, Final
+
+import msgspec
+
+from coldchain.messages import Quantity, Reading
+from hub.detectors.base import (
+    Action,
+    Finding,
+    FindingKind,
+    SeriesDetector,
+    SeriesKey,
+    SeriesState,
+    Severity,
+    describe,
+)
+from hub.profiles import ProductProfile
+
+DOOR_WINDOW_S: Final = 60.0
+"""A door changes the air within a minute; longer windows would dilute the rate of short openings."""
+
+DOOR_MIN_SPAN: Final = 0.75
+"""Fraction of the door window the readings must span: shorter spans turn probe noise into rates."""
+
+DOOR_CLOSE_FRACTION: Final = 0.5
+"""The door finding closes below half the opening rate, so a rate near the threshold does not flap."""
+
+MINUTE_MS: Final = 60_000
+"""Averaging step of the sustained-rise test: means of 12 readings at 5 s cut the noise 3.5-fold."""
+
+
+class RateState(SeriesState, array_like=True, gc=False):
+    """Per-series state: the last minute of readings, the per-minute means and the open finding."""
+
+    times: deque[int] = msgspec.field(default_factory=deque)
+    values: deque[float] = msgspec.field(default_factory=deque)
+    minute: int = 0
+    minute_sum: float = 0.0
+    minute_count: int = 0
+    previous_mean: float | None = None
+    previous_minute: int = 0
+    rising_minutes: int = 0
+    door: bool = False
+    severity: str | None = None
+    started_ms: int = 0
+    worst_rate: float = 0.0
+
+
+class RateOfChangeDetector(SeriesDetector[RateState]):
+    """Door openings (info) and sustained rises (warning) from temperature rates (see the module text)."""
+
+    kind: ClassVar[FindingKind] = FindingKind.RATE_OF_CHANGE
+    state_type: ClassVar[type[SeriesState]] = RateState
+
+    def _start(self, key: SeriesKey, reading: Reading, profile: ProductProfile) -> RateState | None:
+        if key.quantity is not Quantity.TEMPERATURE:
+            return None
+        state = RateState(reading.ts_ms, minute=reading.ts_ms // MINUTE_MS, minute_sum=reading.value, minute_count=1)
+        state.times.append(reading.ts_ms)
+        state.values.append(reading.value)
+        return state
+
+    def _next(self, key: SeriesKey, state: RateState, reading: Reading, profile: ProductProfile) -> list[Finding]:
+        ts, value = reading.ts_ms, reading.value
+        self._roll_minute(state, ts, value, profile)
+        times, values = state.times, state.values
+        times.append(ts)
+        values.append(value)
+        window_ms = DOOR_WINDOW_S * 1000
+        while ts - times[0] > window_ms:
+            times.popleft()
+            values.popleft()
+        span_ms = ts - times[0]
+        rate = (value - values[0]) * 60_000 / span_ms if span_ms >= window_ms * DOOR_MIN_SPAN else 0.0
+        threshold = profile.door_rate_c_per_min
+        state.door = abs(rate) >= (threshold * DOOR_CLOSE_FRACTION if state.door else threshold)
+        sustained = state.rising_minutes * 60 >= profile.sustained_rise_s
+        active = state.door or sustained
+        if abs(rate) > abs(state.worst_rate):
+            state.worst_rate = rate
+        severity = Severity.WARNING if sustained else Severity.INFO
+        if state.severity is None:
+            if not active:
+                state.worst_rate = 0.0
+                return []
+            state.severity, state.started_ms, state.worst_rate = severity, ts, rate
+            return [
+                self._finding(key, "open", severity, state, ts=ts, value=value, why=self._why(sustained, rate, profile))
+            ]
+        if not active:
+            finding = self._finding(
+                key,
+                "close",
+                Severity(state.severity),
+                state,
+                ts=ts,
+                value=value,
+                why=f"temperature rate calm again after {(ts - state.started_ms) / 60_000:.1f} min "
+                f"(steepest {state.worst_rate:+.2f} °C/min)",
+            )
+            state.severity, state.worst_rate = None, 0.0
+            return [finding]
+        if severity == Severity.WARNING and state.severity == Severity.INFO:
+            state.severity = severity
+            return [
+                self._finding(key, "update", severity, state, ts=ts, value=value, why=self._why(True, rate, profile))
+            ]
+        return []
+
+    def _roll_minute(self, state: RateState, ts: int, value: float, profile: ProductProfile) -> None:
+        minute = ts // MINUTE_MS
+        if minute == state.minute:
+            state.minute_sum += value
+            state.minute_count += 1
+            return
+        mean = state.minute_sum / state.minute_count
+        # A minute without readings breaks the chain: a rise is only sustained if it is seen.
+        if (
+            state.previous_mean is not None
+            and state.previous_minute == state.minute - 1
+            and mean - state.previous_mean >= profile.sustained_rate_c_per_min
+        ):
+            state.rising_minutes += 1
+        else:
+            state.rising_minutes = 0
+        state.previous_mean, state.previous_minute = mean, state.minute
+        state.minute, state.minute_sum, state.minute_count = minute, value, 1
+
+    def _finding(
+        self, key: SeriesKey, action: Action, severity: Severity, state: RateState, *, ts: int, value: float, why: str
+    ) -> Finding:
+        return Finding(
+            key,
+            self.kind,
+            action,
+            severity,
+            state.started_ms,
+            ts,
+            value,
+            (ts - state.started_ms) / 1000,
+            f"{describe(key)}: {why}",
+        )
+
+    @staticmethod
+    def _why(sustained: bool, rate: float, profile: ProductProfile) -> str:
+        if sustained:
+            return (
+                f"temperature rising steadily for {profile.sustained_rise_s / 60:.0f} min "
+                f"(cooling failure or door left open)"
+            )
+        return f"temperature changing at {rate:+.2f} °C/min (door open?)"

@@ -1,0 +1,126 @@
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from coldchain.messages import Quality, Quantity, Reading
+from firmware_sims.thermal import ThermalModel
+from hub.detectors import DetectorSet, Finding, FindingKind, SeriesKey, Severity
+from hub.profiles import ProductProfile
+
+T0 = 1_772_323_200_000
+KEY = SeriesKey("gw-a", "p1", Quantity.TEMPERATURE)
+# The chilled-produce sample profile's range and budgets, with every tuning at its default.
+CHILLED = ProductProfile(
+    "chilled-produce",
+    temp_low_c=0.0,
+    temp_high_c=4.0,
+    max_single_excursion_s=3600.0,
+    max_cumulative_excursion_s=14_400.0,
+)
+
+
+def reading(t_s: float, value: float, quality: Quality = Quality.GOOD) -> Reading:
+    return Reading("p1", Quantity.TEMPERATURE, T0 + int(t_s * 1000), value, quality)
+
+
+def test_all_detectors_run_in_order_and_late_readings_are_counted_once() -> None:
+    detectors = DetectorSet(lambda key: CHILLED if key.gateway_id == "gw-a" else None)
+    findings: list[Finding] = []
+    for m in range(40):
+        findings += detectors.feed(KEY, reading(m * 60.0, 2.0 if m < 5 else 9.0))
+    assert [(f.kind, f.action) for f in findings] == [
+        (FindingKind.RATE_OF_CHANGE, "open"),
+        (FindingKind.RATE_OF_CHANGE, "close"),
+        (FindingKind.OUT_OF_RANGE, "open"),
+    ]
+    # Old readings from before the excursion, delivered late: nothing closes.
+    assert detectors.feed(KEY, reading(120.0, 2.0)) == []
+    assert detectors.feed(KEY, reading(39 * 60.0, 2.0)) == []  # same instant as the newest: late too
+    assert detectors.late_readings == 2
+    assert detectors.feed(KEY, reading(2500.0, 9.0, Quality.BAD)) == []
+    assert detectors.bad_readings == 1
+    closed = detectors.feed(KEY, reading(2520.0, 2.0))
+    assert [(f.kind, f.action) for f in closed] == [(FindingKind.OUT_OF_RANGE, "close")]
+    # After recovery, a late out-of-range reading does not reopen.
+    assert detectors.feed(KEY, reading(1800.0, 9.0)) == []
+    unbound = SeriesKey("gw-b", "p1", Quantity.TEMPERATURE)
+    assert detectors.feed(unbound, reading(0.0, 50.0)) == []
+
+
+def test_snapshot_and_restore_resume_exactly() -> None:
+    def run(values: list[tuple[float, float]], detectors: DetectorSet) -> list[Finding]:
+        out: list[Finding] = []
+        for t_s, value in values:
+            out += detectors.feed(KEY, reading(t_s, value))
+            out += detectors.tick(T0 + int(t_s * 1000))
+        return out
+
+    rng = random.Random(9)
+    series = [(t * 5.0, 2.0 + rng.gauss(0, 0.05) + (6.0 if 3000 < t < 3500 else 0.0)) for t in range(6000)]
+    whole = DetectorSet(lambda key: CHILLED)
+    expected = run(series, whole)
+    first = DetectorSet(lambda key: CHILLED)
+    got = run(series[:3200], first)
+    second = DetectorSet(lambda key: CHILLED)
+    second.restore(first.snapshot())
+    got += run(series[3200:], second)
+    assert got == expected
+    assert second.snapshot() == whole.snapshot()
+    assert {f.kind for f in expected} >= {FindingKind.OUT_OF_RANGE, FindingKind.RATE_OF_CHANGE}
+
+
+def test_restore_refuses_foreign_data() -> None:
+    detectors = DetectorSet(lambda key: CHILLED)
+    with pytest.raises(ValueError, match="not a detector snapshot"):
+        detectors.restore(b"[]")
+    with pytest.raises(ValueError, match="version"):
+        detectors.restore(b'{"version":99,"late_readings":0,"bad_readings":0,"newest":[],"detectors":{}}')
+
+
+def test_reset_starts_a_new_journey_budget() -> None:
+    profile = ProductProfile("p", temp_high_c=4.0, max_cumulative_excursion_s=600.0)
+    detectors = DetectorSet(lambda key: profile)
+    kinds: list[FindingKind] = []
+    for m in range(8):
+        kinds += [f.kind for f in detectors.feed(KEY, reading(m * 120.0, 6.0 if m % 2 else 2.0))]
+    detectors.reset(KEY)
+    for m in range(8, 16):
+        kinds += [f.kind for f in detectors.feed(KEY, reading(m * 120.0, 6.0 if m % 2 else 2.0))]
+    assert FindingKind.CUMULATIVE_TIME_OUT_OF_RANGE not in kinds
+
+
+def simulate(hours: float, failures: list[tuple[float, float]]) -> list[Finding]:
+    """The cold room of docs/detectors.md (bench/false_alarms.py), sampled every 5 s."""
+    rng = random.Random(1)
+    doors, t = [], 0.0
+    while (t := t + rng.expovariate(4.0 / 3600)) < hours * 3600:
+        doors.append((t, rng.uniform(30.0, 90.0)))
+        t += doors[-1][1]
+    model = ThermalModel(
+        set_point_c=2.0,
+        door_time_constant_s=1800.0,
+        noise_c=0.05,
+        seed=1,
+        door_openings=doors,
+        cooling_failures=failures,
+    )
+    detectors = DetectorSet(lambda key: CHILLED)
+    findings: list[Finding] = []
+    for step in range(int(hours * 720)):
+        temp, _ = model.sample(step * 5.0)
+        findings += detectors.feed(KEY, reading(step * 5.0, round(temp, 2)))
+        if step % 12 == 0:
+            findings += detectors.tick(T0 + step * 5000 + 2000)
+    return findings
+
+
+def test_normal_operation_raises_no_alarm_and_a_40_minute_cooling_failure_is_detected() -> None:
+    normal = simulate(12.0, [])
+    assert [f for f in normal if f.severity is not Severity.INFO] == []
+    failed = simulate(12.0, [(6 * 3600.0, 2400.0)])
+    opened = [f for f in failed if f.action == "open" and f.kind is FindingKind.OUT_OF_RANGE]
+    assert len(opened) == 1
+    assert 6 * 3600 * 1000 < opened[0].ts_ms - T0 < (6 * 3600 + 2400) * 1000 + 900_000
+    assert any(f.kind is FindingKind.RATE_OF_CHANGE and f.severity is Severity.WARNING for f in failed)
