@@ -27,9 +27,11 @@ from types import FrameType
 from typing import Final
 from urllib.parse import urlsplit
 
+import httpx
 from amqtt.broker import Broker
 
 from coldchain.errors import ConfigError
+from coldchain.messages import TagAction
 from coldchain.mqtt import MqttConfig
 from edge_agent.config import (
     AgentConfig,
@@ -42,11 +44,44 @@ from edge_agent.config import (
 from edge_agent.drivers import DriverKind
 from edge_agent.runtime import Agent
 from firmware_sims.probe import ProbeBusSimulator
+from firmware_sims.thermal import ThermalModel
+from firmware_sims.uhf_reader import UhfReaderSimulator
 from firmware_sims.xymd02 import ProbeSpec
 from hub.config import ApiConfig, ApiToken, HubConfig, StoreConfig
+from hub.notify import Endpoint
+from hub.receiver import ReceiverServer, create_receiver_app
 from hub.runtime import HubRuntime
 
 PRINT_EVERY_S: Final = 5.0
+EVENT_POLL_S: Final = 1.0
+# The scripted excursion: the reefer's rear probe loses cooling this many seconds after the start.
+REEFER_FAILS_AT_S: Final = 20.0
+REEFER_FAILURE_S: Final = 25.0
+REEFER_AIR_TIME_CONSTANT_S: Final = 8.0
+"""A fast-reacting air model so the whole story (failure, alarm, recovery, claim) fits in about a minute."""
+DEMO_CASE_EPC: Final = "3074257bf7194e40000007d1"  # SGTIN-96 urn:epc:id:sgtin:0614141.812345.2001
+DEMO_ORDER: Final = "demo-order-1"
+# Thresholds in real seconds so the demo's excursion is judged in a minute, not in hours.
+DEMO_PROFILES: Final = """
+[profiles.demo-chilled]
+temp_low_c = 0.0
+temp_high_c = 8.0
+alarm_dwell_s = 5
+max_single_excursion_s = 15
+max_cumulative_excursion_s = 3600
+silent_after_s = 120
+
+[bindings]
+nodes = { "gw-reefer" = "demo-chilled" }
+"""
+DEMO_POLICY: Final = """
+endpoint = "shop-claims"
+
+[[rules]]
+min_severity = "critical"
+action = "refund"
+refund_percent = 30
+"""
 STARTUP_TIMEOUT_S: Final = 15.0
 DEMO_SAMPLING = SamplingConfig(interval_s=1.0, batch_max_age_s=2.0)
 """Faster than production so a newcomer sees values move within seconds."""
@@ -135,10 +170,11 @@ def _parse_broker_url(url: str) -> MqttConfig:
 @contextlib.contextmanager
 def _quiet_third_party_logs() -> Iterator[None]:
     """amqtt logs every connection at INFO and tracebacks on shutdown races; the demo shows its own lines."""
-    names = ("amqtt", "transitions", "uvicorn", "uvicorn.error")
-    previous = {name: logging.getLogger(name).level for name in names}
-    for name in names:
-        logging.getLogger(name).setLevel(logging.CRITICAL)
+    levels = {name: logging.CRITICAL for name in ("amqtt", "transitions", "uvicorn", "uvicorn.error")}
+    levels["hub.ingest"] = logging.ERROR  # it logs alarm changes as warnings; the demo prints ALARM lines
+    previous = {name: logging.getLogger(name).level for name in levels}
+    for name, level in levels.items():
+        logging.getLogger(name).setLevel(level)
     try:
         yield
     finally:
@@ -171,80 +207,176 @@ def run_demo(*, broker_url: str | None, api_port: int, duration_s: float | None)
             broker_label = broker_url
 
         token = secrets.token_urlsafe(24)
-        courier_urls: list[str] = []
         port = _free_port(api_port)
+        work = Path(workdir)
+        claim_secret = secrets.token_bytes(32)
+        (work / "claims-secret").write_bytes(claim_secret.hex().encode())
+        receiver = ReceiverServer(create_receiver_app([claim_secret.hex().encode()]))
+        receiver.start()
+        running.callback(receiver.stop)
+        (work / "profiles.toml").write_text(DEMO_PROFILES)
+        (work / "compensation.toml").write_text(DEMO_POLICY)
         hub = HubRuntime(
             HubConfig(
                 mqtt=mqtt,
-                store=StoreConfig(path=str(Path(workdir) / "hub.sqlite3")),
+                store=StoreConfig(path=str(work / "hub.sqlite3")),
                 api=ApiConfig(
                     port=port,
-                    tokens=[ApiToken("demo", hashlib.sha256(token.encode()).hexdigest(), ["read"])],
+                    tokens=[ApiToken("demo", hashlib.sha256(token.encode()).hexdigest(), ["read", "staff", "orders"])],
                 ),
+                profiles_file=str(work / "profiles.toml"),
+                compensation_file=str(work / "compensation.toml"),
+                endpoints=[
+                    Endpoint(
+                        name="shop-claims",
+                        url=f"{receiver.url}/claims",
+                        format="claim",
+                        secret_file=str(work / "claims-secret"),
+                    )
+                ],
             ),
             demo=True,
         )
         hub.start_in_thread()
         running.callback(hub.stop)
-
-        for index, gateway in enumerate(GATEWAYS):
-            sim = ProbeBusSimulator(
-                [
-                    ProbeSpec(
-                        address=address, set_point_c=set_point, door_rate_per_hour=doors, seed=index * 10 + address
-                    )
-                    for address, (_, set_point, doors) in enumerate(gateway.probes, start=1)
-                ]
-            )
-            sim.start()
-            running.callback(sim.stop)
-            config = AgentConfig(
-                gateway_id=gateway.gateway_id,
-                state_dir=str(Path(workdir) / gateway.gateway_id),
-                buses=[
-                    BusConfig(
-                        kind=DriverKind.MODBUS_RTU_PROBE,
-                        port=str(sim.path),
-                        probes=[
-                            ProbeConfig(sensor_id=sensor_id, address=address)
-                            for address, (sensor_id, _, _) in enumerate(gateway.probes, start=1)
-                        ],
-                    )
-                ],
-                mqtt=mqtt,
-                sampling=DEMO_SAMPLING,
-                courier_view=CourierViewConfig(port=_free_port()),
-            )
-            agent = Agent(check_agent_config(config, source="demo", demo=True), demo=True)
-            agent.start()
-            running.callback(agent.stop)
-            if agent.courier_view is not None:
-                courier_urls.append(f"{gateway.gateway_id} {agent.courier_view.url}")
-
         api = f"http://127.0.0.1:{port}"
+        _wait_for_api(hub)
+        order = httpx.post(
+            f"{api}/api/v1/orders",
+            json={"order_id": DEMO_ORDER, "buyer_ref": "live-room-buyer-8841", "items": [DEMO_CASE_EPC]},
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=5,
+        )
+        order.raise_for_status()
+
+        courier_urls = [_start_gateway(index, gateway, mqtt, work, running) for index, gateway in enumerate(GATEWAYS)]
+
         print("coldchain demo: 3 gateways x 2 probes -> broker -> hub (SQLite)")
         print(f"  broker  {broker_label}")
         print(f"  API     {api}/docs  (OpenAPI)   health: {api}/healthz")
         print(f"  token   {token}")
         print(f"          curl -H 'Authorization: Bearer {token}' {api}/api/v1/readings/latest")
-        for line in courier_urls:
+        for line in filter(None, courier_urls):
             print(f"  courier {line}")
+        print(f"  shop    reference claim receiver at {receiver.url}/claims; order {DEMO_ORDER} rides on gw-reefer")
+        print(f"  script  the reefer's rear unit fails {REEFER_FAILS_AT_S:.0f} s in, for {REEFER_FAILURE_S:.0f} s")
         print("  Ctrl-C stops everything.", flush=True)
-        _print_live(hub, stop, duration_s)
+        _print_live(hub, receiver.url, stop, duration_s)
         print("\nstopping...", flush=True)
     print("demo stopped cleanly.", flush=True)
     return 0
 
 
-def _print_live(hub: HubRuntime, stop: threading.Event, duration_s: float | None) -> None:
+def _start_gateway(
+    index: int, gateway: DemoGateway, mqtt: MqttConfig, work: Path, running: contextlib.ExitStack
+) -> str | None:
+    """Start one gateway's simulators and agent; return its courier view line."""
+    reefer = gateway.gateway_id == "gw-reefer"
+    models = {2: _failing_reefer_air()} if reefer else None
+    sim = ProbeBusSimulator(
+        [
+            ProbeSpec(address=address, set_point_c=set_point, door_rate_per_hour=doors, seed=index * 10 + address)
+            for address, (_, set_point, doors) in enumerate(gateway.probes, start=1)
+        ],
+        models=models,
+    )
+    sim.start()
+    running.callback(sim.stop)
+    buses = [
+        BusConfig(
+            kind=DriverKind.MODBUS_RTU_PROBE,
+            port=str(sim.path),
+            probes=[
+                ProbeConfig(sensor_id=sensor_id, address=address)
+                for address, (sensor_id, _, _) in enumerate(gateway.probes, start=1)
+            ],
+        )
+    ]
+    if reefer:  # the buyer's case rides on this truck: its reader sees it
+        reader = UhfReaderSimulator()
+        reader.place_tags([DEMO_CASE_EPC])
+        reader.start()
+        running.callback(reader.stop)
+        buses.append(BusConfig(kind=DriverKind.UHF_M100, port=str(reader.path), device_id="door-reader"))
+    config = AgentConfig(
+        gateway_id=gateway.gateway_id,
+        state_dir=str(work / gateway.gateway_id),
+        buses=buses,
+        mqtt=mqtt,
+        sampling=DEMO_SAMPLING,
+        courier_view=CourierViewConfig(port=_free_port()),
+        custody_mode=TagAction.PICKUP,
+    )
+    agent = Agent(check_agent_config(config, source="demo", demo=True), demo=True)
+    agent.start()
+    running.callback(agent.stop)
+    return f"{gateway.gateway_id} {agent.courier_view.url}" if agent.courier_view is not None else None
+
+
+def _print_live(hub: HubRuntime, receiver_url: str, stop: threading.Event, duration_s: float | None) -> None:
     deadline = None if duration_s is None else time.monotonic() + duration_s
+    next_sensors = time.monotonic() + PRINT_EVERY_S
+    seen: set[tuple[str, str, str]] = set()
     while True:
-        wait = PRINT_EVERY_S if deadline is None else max(0.0, min(PRINT_EVERY_S, deadline - time.monotonic()))
+        wait = EVENT_POLL_S if deadline is None else max(0.0, min(EVENT_POLL_S, deadline - time.monotonic()))
         if stop.wait(wait):
             return
-        _print_sensor_lines(hub)
+        _print_events(hub, receiver_url, seen)
+        if time.monotonic() >= next_sensors:
+            next_sensors += PRINT_EVERY_S
+            _print_sensor_lines(hub)
         if deadline is not None and time.monotonic() >= deadline:
             return
+
+
+def _print_events(hub: HubRuntime, receiver_url: str, seen: set[tuple[str, str, str]]) -> None:
+    """Alarm changes and paid claims, each printed once, as they happen."""
+    for alarm in reversed(hub.read_store.alarms()):
+        if alarm["kind"] not in ("out_of_range", "rate_of_change"):
+            continue
+        key = (alarm["alarm_id"], alarm["state"], alarm["severity"])
+        if key not in seen:
+            seen.add(key)
+            peak = alarm["peak_value"]
+            print(
+                f"  ALARM {alarm['state']:<6} {alarm['severity']:<8} {alarm['kind']} on"
+                f" {alarm['gateway_id']}/{alarm['sensor_id']} ({peak:.1f} °C)",
+                flush=True,
+            )
+    try:
+        accepted = httpx.get(f"{receiver_url}/claims", timeout=2).json()
+    except httpx.HTTPError:
+        return
+    for claim in accepted:
+        body = claim.get("body", claim)
+        key = ("claim", str(body.get("claim_id")), "")
+        if key not in seen:
+            seen.add(key)
+            print(
+                f"  CLAIM paid: order {body.get('order_id')} gets a {body.get('action')} of"
+                f" {body.get('refund_percent')} % for the excursion; the shop's receiver verified and acknowledged it",
+                flush=True,
+            )
+
+
+def _wait_for_api(hub: HubRuntime) -> None:
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    while not hub.api_started:
+        if time.monotonic() > deadline:
+            raise ConfigError("the hub's API did not start")
+        time.sleep(0.05)
+
+
+def _failing_reefer_air() -> ThermalModel:
+    return ThermalModel(
+        set_point_c=4.5,
+        ambient_c=30.0,
+        time_constant_s=REEFER_AIR_TIME_CONSTANT_S,
+        insulation_time_constant_s=REEFER_AIR_TIME_CONSTANT_S * 2,  # without cooling the box warms in seconds too
+        noise_c=0.05,
+        seed=7,
+        cooling_failures=[(REEFER_FAILS_AT_S, REEFER_FAILURE_S)],
+    )
 
 
 def _print_sensor_lines(hub: HubRuntime) -> None:

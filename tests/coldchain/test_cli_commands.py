@@ -22,7 +22,7 @@ REPO = Path(__file__).resolve().parents[2]
 SENSOR_LINE = re.compile(r"^\s+(gw-\S+)\s+(\S+)\s+(-?\d+\.\d) °C\s+(\d+\.\d) %RH", re.MULTILINE)
 
 
-def test_demo_shows_every_sensor_live_and_stops_cleanly_on_ctrl_c() -> None:
+def test_demo_shows_every_sensor_live_pays_the_scripted_excursion_and_stops_cleanly_on_ctrl_c() -> None:
     process = subprocess.Popen(
         [sys.executable, "-m", "coldchain", "demo", "--api-port", "0"],
         stdout=subprocess.PIPE,
@@ -33,18 +33,24 @@ def test_demo_shows_every_sensor_live_and_stops_cleanly_on_ctrl_c() -> None:
     assert process.stdout is not None
     lines: list[str] = []
     sensors: set[tuple[str, str]] = set()
-    deadline = time.monotonic() + 60
-    while len(sensors) < 6 and time.monotonic() < deadline:  # three gateways with two probes each
+    deadline = time.monotonic() + 150
+    paid = False
+    while (len(sensors) < 6 or not paid) and time.monotonic() < deadline:  # three gateways with two probes each
         line = process.stdout.readline()
         if not line:
             break
         lines.append(line)
         sensors.update((gw, sensor) for gw, sensor, _, _ in SENSOR_LINE.findall(line))
+        paid = paid or "CLAIM paid: order demo-order-1" in line
     process.send_signal(signal.SIGINT)
     rest, stderr = process.communicate(timeout=30)
     stdout = "".join(lines) + rest
 
     assert len(sensors) == 6, stdout  # read back from the hub's store, so each made the whole trip
+    # the scripted reefer failure: alarm opened, went critical, closed, and the buyer's claim was paid once
+    assert "ALARM open   warning  out_of_range on gw-reefer/reefer-rear" in stdout
+    assert "ALARM closed critical out_of_range on gw-reefer/reefer-rear" in stdout
+    assert stdout.count("CLAIM paid: order demo-order-1") == 1
     assert process.returncode == 0, stderr
     assert "Traceback" not in stderr + stdout
     assert re.search(r"API\s+http://127\.0\.0\.1:\d+/docs", stdout)
@@ -133,3 +139,37 @@ def test_systemd_units_run_unprivileged_a_command_that_exists(unit: str, config:
     assert args.config.name == Path(config).name
     if unit == "coldchain-agent.service":
         assert load_agent_config(REPO / config).state_dir == f"/var/lib/{service['StateDirectory']}"
+
+
+def test_audit_verify_command_passes_an_intact_chain_and_fails_a_tampered_one(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import sqlite3  # noqa: PLC0415
+
+    from hub import audit  # noqa: PLC0415
+    from hub.store import IngestWriter  # noqa: PLC0415
+
+    db = tmp_path / "hub.sqlite3"
+    writer = IngestWriter(db)
+    with writer.transaction() as conn:
+        for n in range(3):
+            audit.append(
+                conn,
+                entity="alarm",
+                entity_id=f"a{n}",
+                action="open",
+                actor="detector",
+                data={"n": n},
+                ts_ms=1_800_000_000_000 + n,
+            )
+    writer.close()
+    assert main(["hub", "audit-verify", "--db", str(db)]) == 0
+    assert "intact: 3 entries" in capsys.readouterr().out
+
+    with sqlite3.connect(db) as conn:  # someone edits history behind the hub's back
+        conn.execute("DROP TRIGGER IF EXISTS audit_no_update")
+        for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'trigger' AND tbl_name = 'audit'"):
+            conn.execute(f'DROP TRIGGER "{name}"')
+        conn.execute("UPDATE audit SET data = ? WHERE id = 2", (b'{"n":99}',))
+    assert main(["hub", "audit-verify", "--db", str(db)]) == 1
+    assert "BROKEN at entry 2" in capsys.readouterr().err

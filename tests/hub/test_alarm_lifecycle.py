@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import sqlite3
 import uuid
-from collections.abc import Iterator
 from contextlib import closing
 from pathlib import Path
 
@@ -106,8 +105,8 @@ class Hub:
 
 
 @pytest.fixture
-def hub(tmp_path: Path) -> Iterator[Hub]:
-    yield Hub(tmp_path / "hub.sqlite3")
+def hub(tmp_path: Path) -> Hub:
+    return Hub(tmp_path / "hub.sqlite3")
 
 
 def reefer_failure(hub: Hub) -> None:

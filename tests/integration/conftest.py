@@ -43,16 +43,18 @@ def broker(broker_factory: Callable[..., Mosquitto]) -> Mosquitto:
 
 
 @pytest.fixture
-def hub_factory(tmp_path: Path) -> Iterator[Callable[[Mosquitto], Hub]]:
+def hub_factory(tmp_path: Path) -> Iterator[Callable[..., Hub]]:
     hubs: list[Hub] = []
 
-    def make(broker: Mosquitto) -> Hub:
+    def make(broker: Mosquitto, *, top_toml: str = "", tables_toml: str = "") -> Hub:
+        """A hub on ``broker``; ``top_toml`` adds top-level keys, ``tables_toml`` whole tables."""
         workdir = tmp_path / f"hub{len(hubs)}"
         workdir.mkdir()
         api_port = free_port()
         config = workdir / "hub.toml"
         config.write_text(
             f"""
+{top_toml}
 [mqtt]
 port = {broker.port}
 username = "hub"
@@ -66,7 +68,8 @@ port = {api_port}
 [[api.tokens]]
 name = "tests"
 sha256 = "{hashlib.sha256(API_TOKEN.encode()).hexdigest()}"
-scopes = ["read", "command"]
+scopes = ["read", "command", "staff", "orders"]
+{tables_toml}
 """
         )
         hub = Hub(
