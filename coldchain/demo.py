@@ -170,7 +170,7 @@ def _parse_broker_url(url: str) -> MqttConfig:
 @contextlib.contextmanager
 def _quiet_third_party_logs() -> Iterator[None]:
     """amqtt logs every connection at INFO and tracebacks on shutdown races; the demo shows its own lines."""
-    levels = {name: logging.CRITICAL for name in ("amqtt", "transitions", "uvicorn", "uvicorn.error")}
+    levels = dict.fromkeys(("amqtt", "transitions", "uvicorn", "uvicorn.error"), logging.CRITICAL)
     levels["hub.ingest"] = logging.ERROR  # it logs alarm changes as warnings; the demo prints ALARM lines
     previous = {name: logging.getLogger(name).level for name in levels}
     for name, level in levels.items():

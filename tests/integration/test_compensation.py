@@ -90,8 +90,7 @@ def hub_with_policy(
     return hub_factory(
         broker,
         top_toml=(
-            f'profiles_file = "{tmp_path / "profiles.toml"}"\n'
-            f'compensation_file = "{tmp_path / "compensation.toml"}"'
+            f'profiles_file = "{tmp_path / "profiles.toml"}"\ncompensation_file = "{tmp_path / "compensation.toml"}"'
         ),
         tables_toml=f"""
 [[endpoints]]
