@@ -7,6 +7,7 @@ Run: make bench-ingest   (PYTHONPATH=. .venv/bin/python bench/ingest_pipeline.py
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import platform
 import tempfile
@@ -15,7 +16,10 @@ import uuid
 from pathlib import Path
 
 from coldchain.messages import Quantity, Reading, TelemetryBatch, encode
+from hub.alarms import AlarmService, AlarmSettings
+from hub.detectors.detector_set import DetectorSet
 from hub.ingest import Inbound, IngestPipeline
+from hub.profiles import load_profile_book
 from hub.store import IngestWriter
 
 GROUP_MESSAGES = 500
@@ -30,7 +34,7 @@ def payloads(gateways: int, batch_size: int, total_readings: int) -> list[Inboun
         gateway = f"gw-{n % gateways:04d}"
         seq = n // gateways + 1
         readings = [
-            Reading(f"probe-{i % 4}", Quantity.TEMPERATURE, start + (seq * batch_size + i) * 1000, 4.0 + (i % 7) / 10)
+            Reading(f"probe-{i % 4}", Quantity.TEMPERATURE, start + (seq * batch_size + i) * 1000, 3.0 + (i % 5) / 100)
             for i in range(batch_size)
         ]
         messages.append(
@@ -39,10 +43,15 @@ def payloads(gateways: int, batch_size: int, total_readings: int) -> list[Inboun
     return messages
 
 
-def run(batch_size: int, total: int) -> tuple[float, float]:
+def run(batch_size: int, total: int, *, detectors: bool) -> tuple[float, float]:
     messages = payloads(50, batch_size, total)
     with tempfile.TemporaryDirectory() as workdir:
-        pipeline = IngestPipeline(IngestWriter(Path(workdir) / "bench.sqlite3"))
+        judge = None
+        if detectors:  # every series judged against the chilled-produce profile, alarms committed
+            profile = load_profile_book(Path("config/profiles.toml")).profiles["chilled-produce"]
+            judge = lambda: DetectorSet(lambda _key: profile)  # noqa: E731
+        alarms = AlarmService(AlarmSettings(), None, lambda _gateway: None)
+        pipeline = IngestPipeline(IngestWriter(Path(workdir) / "bench.sqlite3", alarms), detectors=judge)
         started = time.perf_counter()
         for i in range(0, len(messages), GROUP_MESSAGES):
             pipeline.process(messages[i : i + GROUP_MESSAGES])
@@ -57,17 +66,20 @@ def run(batch_size: int, total: int) -> tuple[float, float]:
 
 
 def main() -> None:
+    logging.getLogger("hub").setLevel(logging.ERROR)
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--readings", type=int, default=200_000)
     args = parser.parse_args()
     print(
         f"machine: {platform.machine()} {os.cpu_count()} cores, Python {platform.python_version()}, SQLite file in tmp"
     )
-    print(f"{'batch size':>10} {'stored readings/s':>18} {'duplicate readings/s':>21}")
-    for batch_size in (1, 10, 100, 500):
-        total = args.readings if batch_size > 1 else min(args.readings, 20_000)
-        new_rate, dup_rate = run(batch_size, total)
-        print(f"{batch_size:>10} {new_rate:>18,.0f} {dup_rate:>21,.0f}")
+    for detectors in (False, True):
+        print("with every detector judging every reading" if detectors else "storage only (no product profile)")
+        print(f"{'batch size':>10} {'stored readings/s':>18} {'duplicate readings/s':>21}")
+        for batch_size in (1, 10, 100, 500):
+            total = args.readings if batch_size > 1 else min(args.readings, 20_000)
+            new_rate, dup_rate = run(batch_size, total, detectors=detectors)
+            print(f"{batch_size:>10} {new_rate:>18,.0f} {dup_rate:>21,.0f}")
 
 
 if __name__ == "__main__":

@@ -153,10 +153,12 @@ class AlarmService:
         settings: AlarmSettings,
         policy: CompensationPolicy | None,
         product_of_gateway: Callable[[str], str | None],
+        product_of_lot: Callable[[str], str | None] = lambda _lot: None,
     ) -> None:
         self._settings = settings
         self._policy = policy
         self._product_of_gateway = product_of_gateway
+        self._product_of_lot = product_of_lot
 
     # -- detector findings ---------------------------------------------------------------
 
@@ -337,10 +339,14 @@ class AlarmService:
         assert self._policy is not None
         created = 0
         for order_id in orders_affected(conn, excursion.gateway_id, excursion.started_ms, excursion.ended_ms):
-            (product,) = conn.execute("SELECT product FROM orders WHERE order_id = ?", (order_id,)).fetchone()
-            rule = self._policy.decide(
-                product or self._product_of_gateway(excursion.gateway_id), excursion.severity, excursion.duration_s
+            product, lot_id = conn.execute(
+                "SELECT product, lot_id FROM orders WHERE order_id = ?", (order_id,)
+            ).fetchone()
+            # The order's own product, else its lot's profile, else the profile of the node it was in.
+            product = (
+                product or (lot_id and self._product_of_lot(lot_id)) or self._product_of_gateway(excursion.gateway_id)
             )
+            rule = self._policy.decide(product, excursion.severity, excursion.duration_s)
             if rule is None:
                 continue
             claim_id = uuid.uuid4().hex

@@ -170,6 +170,18 @@ def get_store(request: Request) -> ReadStore:
 StoreDep = Annotated[ReadStore, Depends(get_store)]
 
 
+def staff_actor(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(HTTPBearer(auto_error=False))],
+) -> str:
+    """The name of a token with the ``staff`` scope: recorded as who acknowledged or closed."""
+    checker: TokenChecker = request.app.state.staff
+    return checker.actor(credentials)
+
+
+StaffActor = Annotated[str, Depends(staff_actor)]
+
+
 def create_app(
     store: ReadStore,
     tokens: Sequence[ApiToken],
@@ -274,6 +286,7 @@ def create_app(
 def _add_alarm_and_order_routes(app: FastAPI, tokens: Sequence[ApiToken], pipeline: IngestPipeline | None) -> None:
     """Staff alarm handling (scope ``staff``), orders (scope ``orders``) and investigations."""
     staff = TokenChecker(tokens, "staff")
+    app.state.staff = staff
     orders_scope = [Depends(TokenChecker(tokens, "orders"))]
 
     def write(action: Callable[[IngestWriter, int], T]) -> T:
@@ -293,7 +306,7 @@ def _add_alarm_and_order_routes(app: FastAPI, tokens: Sequence[ApiToken], pipeli
         return [Alarm(**row) for row in store.alarms(state)]
 
     @app.post("/api/v1/alarms/{alarm_id}/acknowledge", tags=["alarms"])
-    def acknowledge_alarm(alarm_id: str, body: StaffAction, actor: Annotated[str, Depends(staff.actor)]) -> Alarm:
+    def acknowledge_alarm(alarm_id: str, body: StaffAction, actor: StaffActor) -> Alarm:
         def act(writer: IngestWriter, now_ms: int) -> None:
             with writer.transaction() as conn:
                 writer.alarms.acknowledge(conn, alarm_id, actor, body.reason, now_ms)
@@ -302,7 +315,7 @@ def _add_alarm_and_order_routes(app: FastAPI, tokens: Sequence[ApiToken], pipeli
         return _one_alarm(app, alarm_id)
 
     @app.post("/api/v1/alarms/{alarm_id}/close", tags=["alarms"])
-    def close_alarm(alarm_id: str, body: StaffAction, actor: Annotated[str, Depends(staff.actor)]) -> Alarm:
+    def close_alarm(alarm_id: str, body: StaffAction, actor: StaffActor) -> Alarm:
         def act(writer: IngestWriter, now_ms: int) -> None:
             with writer.transaction() as conn:
                 writer.alarms.close_by_staff(conn, alarm_id, actor, body.reason, now_ms)

@@ -57,7 +57,11 @@ class HubRuntime:
         def make_detectors() -> DetectorSet:
             return DetectorSet(lambda key: book.for_gateway(key.gateway_id) if book else None)
 
-        alarms = AlarmService(config.alarms, policy, product_of_gateway)
+        def product_of_lot(lot_id: str) -> str | None:
+            profile = book.for_lot(lot_id) if book else None
+            return profile.name if profile else None
+
+        alarms = AlarmService(config.alarms, policy, product_of_gateway, product_of_lot)
         self.pipeline = IngestPipeline(
             IngestWriter(db_path, alarms),
             max_payload_bytes=config.ingest.max_payload_bytes,
