@@ -52,9 +52,8 @@ def api(tmp_path: Path) -> tuple[TestClient, IngestPipeline]:
         send_command=lambda _: None,
         pipeline=pipeline,
     )
-    seq = 0
-    for start in range(0, 600, 30):  # 2 °C, then 9 °C for over an hour: a critical excursion that stays open
-        seq += 1
+    # 2 °C, then 9 °C for over an hour: a critical excursion that stays open
+    for seq, start in enumerate(range(0, 600, 30), start=1):
         values = [2.0 if start + i < 60 else 9.0 for i in range(30)]
         readings = [
             Reading("reefer-rear", Quantity.TEMPERATURE, T0 + (start + i) * 10_000, v) for i, v in enumerate(values)
