@@ -5,7 +5,8 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-from-lock
-SYSTEM_PACKAGES := mosquitto
+# Debian packages the integration tests start: the broker, and the browser that loads the widget.
+SYSTEM_PACKAGES := mosquitto chromium
 
 .PHONY: demo test check lint format typecheck pytest system-deps lock clean bench bench-ingest bench-agent
 
@@ -36,7 +37,7 @@ typecheck: $(STAMP)
 pytest: $(STAMP)
 	$(BIN)/pytest
 
-# The integration tests start a real Mosquitto. As root this installs it; otherwise it says what to install.
+# As root this installs what is missing; otherwise it names the packages and stops.
 system-deps:
 	@missing=""; for p in $(SYSTEM_PACKAGES); do command -v $$p >/dev/null 2>&1 || test -x /usr/sbin/$$p || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \

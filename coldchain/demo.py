@@ -51,6 +51,8 @@ from hub.config import ApiConfig, ApiToken, HubConfig, StoreConfig
 from hub.notify import Endpoint
 from hub.receiver import ReceiverServer, create_receiver_app
 from hub.runtime import HubRuntime
+from hub.traceability.model import NodeInfo
+from hub.traceability.settings import PublicSettings
 
 PRINT_EVERY_S: Final = 5.0
 EVENT_POLL_S: Final = 1.0
@@ -61,6 +63,14 @@ REEFER_AIR_TIME_CONSTANT_S: Final = 8.0
 """A fast-reacting air model so the whole story (failure, alarm, recovery, claim) fits in about a minute."""
 DEMO_CASE_EPC: Final = "3074257bf7194e40000007d1"  # SGTIN-96 urn:epc:id:sgtin:0614141.812345.2001
 DEMO_ORDER: Final = "demo-order-1"
+DEMO_CASE_URI: Final = "urn:epc:id:sgtin:0614141.812345.2001"
+DEMO_LOT: Final = "BERRY-2611"
+DEMO_GTIN: Final = "80614141123458"
+DEMO_NODES: Final = [
+    NodeInfo("gw-coldroom", "cold_store", "产地冷库", "Packhouse cold store", None, "丽江", "Lijiang"),
+    NodeInfo("gw-reefer", "reefer_truck", "冷藏车", "Reefer truck", None, "昆明", "Kunming"),
+    NodeInfo("gw-courier", "courier_box", "快递保温箱", "Courier box", None, "上海", "Shanghai"),
+]
 # Thresholds in real seconds so the demo's excursion is judged in a minute, not in hours.
 DEMO_PROFILES: Final = """
 [profiles.demo-chilled]
@@ -234,6 +244,8 @@ def run_demo(*, broker_url: str | None, api_port: int, duration_s: float | None)
                         secret_file=str(work / "claims-secret"),
                     )
                 ],
+                public=PublicSettings(base_url=f"http://127.0.0.1:{port}"),
+                nodes=DEMO_NODES,
             ),
             demo=True,
         )
@@ -241,13 +253,7 @@ def run_demo(*, broker_url: str | None, api_port: int, duration_s: float | None)
         running.callback(hub.stop)
         api = f"http://127.0.0.1:{port}"
         _wait_for_api(hub)
-        order = httpx.post(
-            f"{api}/api/v1/orders",
-            json={"order_id": DEMO_ORDER, "buyer_ref": "live-room-buyer-8841", "items": [DEMO_CASE_EPC]},
-            headers={"Authorization": f"Bearer {token}"},
-            timeout=5,
-        )
-        order.raise_for_status()
+        buyer_link = _declare_lot_and_order(api, token)
 
         courier_urls = [_start_gateway(index, gateway, mqtt, work, running) for index, gateway in enumerate(GATEWAYS)]
 
@@ -258,6 +264,8 @@ def run_demo(*, broker_url: str | None, api_port: int, duration_s: float | None)
         print(f"          curl -H 'Authorization: Bearer {token}' {api}/api/v1/readings/latest")
         for line in filter(None, courier_urls):
             print(f"  courier {line}")
+        print(f"  widget  {api}/widget/index.html?lot={DEMO_LOT}   (English: &lang=en, OBS: &transparent=1)")
+        print(f"  buyer   {buyer_link}   (order {DEMO_ORDER}'s own trail)")
         print(f"  shop    reference claim receiver at {receiver.url}/claims; order {DEMO_ORDER} rides on gw-reefer")
         print(f"  script  the reefer's rear unit fails {REEFER_FAILS_AT_S:.0f} s in, for {REEFER_FAILURE_S:.0f} s")
         print("  Ctrl-C stops everything.", flush=True)
@@ -357,6 +365,22 @@ def _print_events(hub: HubRuntime, receiver_url: str, seen: set[tuple[str, str, 
                 f" {body.get('refund_percent')} % for the excursion; the shop's receiver verified and acknowledged it",
                 flush=True,
             )
+
+
+def _declare_lot_and_order(api: str, token: str) -> str:
+    """What the shop platform does: declare the lot on sale, record an order, get the buyer's link."""
+    auth = {"Authorization": f"Bearer {token}"}
+    for path, body in (
+        (
+            "/api/v1/lots",
+            {"lot_id": DEMO_LOT, "gtin": DEMO_GTIN, "product": "蓝莓 blueberries", "items": [DEMO_CASE_URI]},
+        ),
+        ("/api/v1/orders", {"order_id": DEMO_ORDER, "buyer_ref": "live-room-buyer-8841", "items": [DEMO_CASE_URI]}),
+    ):
+        httpx.post(f"{api}{path}", json=body, headers=auth, timeout=5).raise_for_status()
+    link = httpx.post(f"{api}/api/v1/orders/{DEMO_ORDER}/keys", headers=auth, timeout=5)
+    link.raise_for_status()
+    return str(link.json()["url"])
 
 
 def _wait_for_api(hub: HubRuntime) -> None:

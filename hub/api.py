@@ -8,7 +8,7 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from typing import Annotated, TypeVar
+from typing import Annotated, Any, TypeVar, cast
 
 import msgspec
 from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request, status
@@ -22,6 +22,10 @@ from hub.alarms import AlarmError
 from hub.config import ApiToken
 from hub.ingest import IngestPipeline
 from hub.store import IngestWriter, ReadStore, StoreError
+from hub.traceability import keys
+from hub.traceability.epcis import query_events, trail_document
+from hub.traceability.public import PublicService
+from hub.traceability.trail import build_trail
 
 
 class Health(BaseModel):
@@ -149,6 +153,32 @@ class OrderIn(BaseModel):
     product: str | None = Field(default=None, max_length=64, description="profile name, for the compensation policy")
 
 
+class LotIn(BaseModel):
+    """A product lot on sale: its GTIN and the tagged cases (EPC URIs) that make it up."""
+
+    lot_id: str = Field(pattern=r"^[A-Za-z0-9_.:-]{1,20}$", description="GS1 AI (10): at most 20 characters")
+    gtin: str = Field(pattern=r"^\d{14}$")
+    product: str | None = Field(default=None, max_length=64)
+    items: list[str] = Field(default_factory=list, max_length=10_000)
+
+
+class EpcisQuery(BaseModel):
+    """Filters of the EPCIS event query: an item (EPC) or a lot, a time window, a CBV business step."""
+
+    epc: str | None = None
+    lot: str | None = None
+    since_ms: int | None = None
+    until_ms: int | None = None
+    biz_step: str | None = None
+
+
+class KeyOut(BaseModel):
+    """A buyer's link: give it to the buyer, the hub keeps only its hash."""
+
+    url: str
+    expires_ms: int
+
+
 class Order(BaseModel):
     """An order as stored, with its claims."""
 
@@ -182,6 +212,15 @@ def staff_actor(
 StaffActor = Annotated[str, Depends(staff_actor)]
 
 
+def request_reader(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(HTTPBearer(auto_error=False))],
+) -> None:
+    """Requires a token with the ``read`` scope (for routes defined where a checker is not in scope)."""
+    checker: TokenChecker = request.app.state.reader
+    checker.actor(credentials)
+
+
 def create_app(
     store: ReadStore,
     tokens: Sequence[ApiToken],
@@ -194,7 +233,8 @@ def create_app(
     """Build the API; every ``/api/v1`` route needs a bearer token with the ``read`` scope."""
     app = FastAPI(title="coldchain hub", version=coldchain.__version__)
     app.state.store = store
-    read_scope = [Depends(TokenChecker(tokens, "read"))]
+    app.state.reader = TokenChecker(tokens, "read")
+    read_scope = [Depends(app.state.reader)]
     command_scope = [Depends(TokenChecker(tokens, "command"))]
 
     @app.get("/healthz", tags=["operations"])
@@ -283,11 +323,8 @@ def create_app(
     return app
 
 
-def _add_alarm_and_order_routes(app: FastAPI, tokens: Sequence[ApiToken], pipeline: IngestPipeline | None) -> None:
-    """Staff alarm handling (scope ``staff``), orders (scope ``orders``) and investigations."""
-    staff = TokenChecker(tokens, "staff")
-    app.state.staff = staff
-    orders_scope = [Depends(TokenChecker(tokens, "orders"))]
+def _writer(pipeline: IngestPipeline | None) -> Callable[[Callable[[IngestWriter, int], T]], T]:
+    """Runs a write serialised with ingest and maps its failures to HTTP answers."""
 
     def write(action: Callable[[IngestWriter, int], T]) -> T:
         if pipeline is None:
@@ -298,6 +335,26 @@ def _add_alarm_and_order_routes(app: FastAPI, tokens: Sequence[ApiToken], pipeli
             raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from exc
         except StoreError as exc:
             raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, str(exc)) from exc
+
+    return write
+
+
+def _add_alarm_and_order_routes(app: FastAPI, tokens: Sequence[ApiToken], pipeline: IngestPipeline | None) -> None:
+    """Staff alarm handling (scope ``staff``), orders and lots (scope ``orders``), EPCIS queries (``read``)."""
+    staff = TokenChecker(tokens, "staff")
+    app.state.staff = staff
+    orders_scope = [Depends(TokenChecker(tokens, "orders"))]
+    write = _writer(pipeline)
+    _add_alarm_routes(app, staff, write)
+    _add_order_routes(app, orders_scope, write)
+    _add_epcis_routes(app)
+
+
+Write = Callable[[Callable[[IngestWriter, int], Any]], Any]
+
+
+def _add_alarm_routes(app: FastAPI, staff: TokenChecker, write: Write) -> None:
+    """List, acknowledge and close alarms; export investigations (scope ``staff``)."""
 
     @app.get("/api/v1/alarms", dependencies=[Depends(staff)], tags=["alarms"])
     def list_alarms(
@@ -322,6 +379,17 @@ def _add_alarm_and_order_routes(app: FastAPI, tokens: Sequence[ApiToken], pipeli
 
         write(act)
         return _one_alarm(app, alarm_id)
+
+    @app.get("/api/v1/investigations/{claim_id}", dependencies=[Depends(staff)], tags=["alarms"])
+    def get_investigation(claim_id: str, store: StoreDep) -> dict[str, object]:
+        investigation = store.investigation(claim_id)
+        if investigation is None:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, "no investigation for this claim")
+        return investigation
+
+
+def _add_order_routes(app: FastAPI, orders_scope: list[Any], write: Write) -> None:
+    """Orders, buyer keys and lots for the shop platform (scope ``orders``)."""
 
     @app.post("/api/v1/orders", dependencies=orders_scope, tags=["orders"], status_code=status.HTTP_201_CREATED)
     def create_order(body: OrderIn, store: StoreDep) -> Order:
@@ -349,6 +417,64 @@ def _add_alarm_and_order_routes(app: FastAPI, tokens: Sequence[ApiToken], pipeli
         assert order is not None
         return Order(**order)
 
+    @app.post("/api/v1/orders/{order_id}/cancel", dependencies=orders_scope, tags=["orders"])
+    def cancel_order(order_id: str, store: StoreDep) -> Order:
+        def act(writer: IngestWriter, now_ms: int) -> int:
+            with writer.transaction() as conn:
+                cancelled = conn.execute(
+                    "UPDATE orders SET status = 'cancelled' WHERE order_id = ? AND status = 'active'", (order_id,)
+                ).rowcount
+                keys.revoke_all(conn, order_id, now_ms=now_ms)
+                return cancelled
+
+        write(act)
+        order = store.order(order_id)
+        if order is None:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, "no such order")
+        return Order(**order)
+
+    @app.post("/api/v1/orders/{order_id}/keys", dependencies=orders_scope, tags=["orders"], status_code=201)
+    def issue_key(order_id: str, request: Request, store: StoreDep) -> KeyOut:
+        public: PublicService = request.app.state.public
+        secret = public.key_secret
+        if secret is None:
+            raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "buyer keys are not configured on this hub")
+        order = store.order(order_id)
+        if order is None or order["status"] != "active":
+            raise HTTPException(status.HTTP_404_NOT_FOUND, "no such active order")
+        ttl_s = public.settings.key_ttl_days * 86400
+
+        def act(writer: IngestWriter, now_ms: int) -> tuple[str, int]:
+            with writer.transaction() as conn:
+                return keys.issue(conn, secret, order_id, ttl_s=ttl_s, now_ms=now_ms), now_ms
+
+        key, now_ms = write(act)
+        return KeyOut(url=f"{public.settings.base_url}/k/{key}", expires_ms=now_ms + int(ttl_s * 1000))
+
+    @app.post("/api/v1/orders/{order_id}/keys/revoke", dependencies=orders_scope, tags=["orders"])
+    def revoke_keys(order_id: str) -> dict[str, int]:
+        def act(writer: IngestWriter, now_ms: int) -> int:
+            with writer.transaction() as conn:
+                return keys.revoke_all(conn, order_id, now_ms=now_ms)
+
+        return {"revoked": write(act)}
+
+    @app.post("/api/v1/lots", dependencies=orders_scope, tags=["orders"], status_code=status.HTTP_201_CREATED)
+    def create_lot(body: LotIn) -> dict[str, object]:
+        def act(writer: IngestWriter, now_ms: int) -> None:
+            with writer.transaction() as conn:
+                conn.execute(
+                    "INSERT INTO lots (lot_id, gtin, product, created_ms) VALUES (?, ?, ?, ?)"
+                    " ON CONFLICT (lot_id) DO UPDATE SET gtin = excluded.gtin, product = excluded.product",
+                    (body.lot_id, body.gtin, body.product, now_ms),
+                )
+                conn.executemany(
+                    "INSERT OR IGNORE INTO lot_items VALUES (?, ?)", [(body.lot_id, epc) for epc in body.items]
+                )
+
+        write(act)
+        return {"lot_id": body.lot_id, "items": len(body.items)}
+
     @app.get("/api/v1/orders/{order_id}", dependencies=orders_scope, tags=["orders"])
     def get_order(order_id: str, store: StoreDep) -> Order:
         order = store.order(order_id)
@@ -356,12 +482,28 @@ def _add_alarm_and_order_routes(app: FastAPI, tokens: Sequence[ApiToken], pipeli
             raise HTTPException(status.HTTP_404_NOT_FOUND, "no such order")
         return Order(**order)
 
-    @app.get("/api/v1/investigations/{claim_id}", dependencies=[Depends(staff)], tags=["alarms"])
-    def get_investigation(claim_id: str, store: StoreDep) -> dict[str, object]:
-        investigation = store.investigation(claim_id)
-        if investigation is None:
-            raise HTTPException(status.HTTP_404_NOT_FOUND, "no investigation for this claim")
-        return investigation
+
+def _add_epcis_routes(app: FastAPI) -> None:
+    """The EPCIS event query (scope ``read``)."""
+
+    @app.get("/api/v1/epcis/events", tags=["traceability"], dependencies=[Depends(request_reader)])
+    def epcis_events(request: Request, query: Annotated[EpcisQuery, Depends()]) -> dict[str, object]:
+        epc, lot = query.epc, query.lot
+        public: PublicService = request.app.state.public
+        with public.connection() as conn:
+            if lot is not None:
+                items = [e for (e,) in conn.execute("SELECT epc FROM lot_items WHERE lot_id = ?", (lot,))]
+            elif epc is not None:
+                items = [epc]
+            else:
+                raise HTTPException(status.HTTP_400_BAD_REQUEST, "give epc or lot")
+            trail = build_trail(conn, f"lot:{lot}" if lot else f"item:{epc}", items, public.nodes)
+        document = trail_document(trail, now_ms=int(time.time() * 1000))
+        events = document["epcisBody"]["eventList"]
+        document["epcisBody"]["eventList"] = query_events(
+            events, epc=epc, lot=None, since_ms=query.since_ms, until_ms=query.until_ms, biz_step=query.biz_step
+        )
+        return cast(dict[str, object], document)
 
 
 def _one_alarm(app: FastAPI, alarm_id: str) -> Alarm:

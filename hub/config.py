@@ -13,6 +13,8 @@ from coldchain.mqtt import MqttConfig
 from hub.alarms import AlarmSettings
 from hub.ingest import IngestConfig
 from hub.notify import Endpoint
+from hub.traceability.model import NodeInfo
+from hub.traceability.settings import PublicSettings
 
 Scope = Literal["read", "command", "staff", "orders"]
 
@@ -52,6 +54,9 @@ class HubConfig(msgspec.Struct, forbid_unknown_fields=True):
     """The compensation policy (config/compensation.toml); without it no claims are made."""
     alarms: AlarmSettings = msgspec.field(default_factory=AlarmSettings)
     endpoints: list[Endpoint] = msgspec.field(default_factory=list)
+    public: PublicSettings = msgspec.field(default_factory=PublicSettings)
+    nodes: list[NodeInfo] = msgspec.field(default_factory=list)
+    """What each gateway's node is (kind, names, GLN, city) for trails, EPCIS and the widget."""
 
 
 def load_hub_config(path: Path) -> HubConfig:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import secrets as random_secrets
 import signal
 import threading
 from collections.abc import Iterator
@@ -12,6 +13,7 @@ from types import FrameType
 
 import uvicorn
 
+from coldchain.config import resolve_secret
 from coldchain.errors import ConfigError
 from hub import audit
 from hub.alarms import AlarmService
@@ -23,6 +25,7 @@ from hub.ingest import IngestPipeline, MqttIngest
 from hub.outbox import CLAIM_KIND, OutboxDispatcher, OutboxRow, SqliteOutbox
 from hub.profiles import load_profile_book
 from hub.store import IngestWriter, ReadStore
+from hub.traceability.public import PublicService, add_public_routes
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +88,19 @@ class HubRuntime:
             pipeline=self.pipeline,
             send_command=self.ingest.send_command,
         )
+        key_secret: bytes | None = None
+        if config.public.key_secret_file or config.public.key_secret_env:
+            key_secret = resolve_secret(
+                name="buyer key secret",
+                file=config.public.key_secret_file,
+                env=config.public.key_secret_env,
+                allow_placeholder=demo,
+            ).encode()
+        elif demo:
+            key_secret = random_secrets.token_bytes(32)
+        self.public = PublicService(db_path, {n.gateway_id: n for n in config.nodes}, config.public, key_secret)
+        app.state.public = self.public
+        add_public_routes(app, self.public)
         self._server = _Server(
             uvicorn.Config(app, host=config.api.host, port=config.api.port, log_level="warning", lifespan="off")
         )

@@ -165,7 +165,42 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     );
     """,
     ALARMS_DDL + OUTBOX_DDL + AUDIT_DDL,
+    """
+    CREATE TABLE rollups (
+        gateway_id TEXT NOT NULL,
+        sensor_id  TEXT NOT NULL,
+        quantity   TEXT NOT NULL,
+        bucket_ms  INTEGER NOT NULL,
+        min_value  REAL NOT NULL,
+        max_value  REAL NOT NULL,
+        sum_value  REAL NOT NULL,
+        samples    INTEGER NOT NULL,
+        PRIMARY KEY (gateway_id, quantity, bucket_ms, sensor_id)
+    ) WITHOUT ROWID;
+    CREATE TABLE lots (
+        lot_id     TEXT PRIMARY KEY,
+        gtin       TEXT NOT NULL,
+        product    TEXT,
+        created_ms INTEGER NOT NULL
+    );
+    CREATE TABLE lot_items (
+        lot_id TEXT NOT NULL REFERENCES lots (lot_id),
+        epc    TEXT NOT NULL,
+        PRIMARY KEY (lot_id, epc)
+    ) WITHOUT ROWID;
+    CREATE TABLE buyer_keys (
+        key_hash   TEXT PRIMARY KEY,
+        order_id   TEXT NOT NULL REFERENCES orders (order_id),
+        created_ms INTEGER NOT NULL,
+        expires_ms INTEGER NOT NULL,
+        revoked_ms INTEGER
+    );
+    CREATE INDEX buyer_keys_order ON buyer_keys (order_id);
+    """,
 )
+
+ROLLUP_BUCKET_MS: Final = 5 * 60 * 1000
+"""Trails and lot pages read 5-minute min/max/mean per series, never the raw readings."""
 
 
 SideMessage = GatewayStatus | GatewayHealth | LocalAlarm | CommandAck
@@ -365,6 +400,7 @@ class IngestWriter:
                 for r in b.readings
             ],
         )
+        self._write_rollups(batches)
         newest: dict[tuple[str, str, str], tuple[int, float, str]] = {}
         for b in batches:
             for r in b.readings:
@@ -443,6 +479,27 @@ class IngestWriter:
             " last_seen_ms = excluded.last_seen_ms, batches = batches + excluded.batches,"
             " readings = readings + excluded.readings",
             [(gw, boot, now_ms, now_ms, n, r) for gw, (boot, n, r) in per_gateway.items()],
+        )
+
+    def _write_rollups(self, batches: Sequence[TelemetryBatch]) -> None:
+        buckets: dict[tuple[str, str, str, int], list[float]] = {}
+        for b in batches:
+            for r in b.readings:
+                key = (b.gateway_id, r.quantity.value, r.sensor_id, r.ts_ms - r.ts_ms % ROLLUP_BUCKET_MS)
+                agg = buckets.get(key)
+                if agg is None:
+                    buckets[key] = [r.value, r.value, r.value, 1.0]
+                else:
+                    agg[0] = min(agg[0], r.value)
+                    agg[1] = max(agg[1], r.value)
+                    agg[2] += r.value
+                    agg[3] += 1
+        self._conn.executemany(
+            "INSERT INTO rollups (gateway_id, quantity, sensor_id, bucket_ms, min_value, max_value, sum_value, samples)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (gateway_id, quantity, bucket_ms, sensor_id) DO UPDATE SET"
+            " min_value = min(min_value, excluded.min_value), max_value = max(max_value, excluded.max_value),"
+            " sum_value = sum_value + excluded.sum_value, samples = samples + excluded.samples",
+            [(*key, low, high, total, int(count)) for key, (low, high, total, count) in buckets.items()],
         )
 
     def _write_cursors(self, cursors: Mapping[str, Cursor], now_ms: int) -> None:

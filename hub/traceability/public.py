@@ -1,0 +1,276 @@
+"""Public endpoints for livestream viewers and buyers: lot pages, the widget's data and live
+updates, QR codes, GS1 Digital Link resolution, and buyer keys.
+
+Thousands of viewers watch one live room, so lot data is computed at most once per second per lot
+and shared (``LotCache``), answered with an ETag and ``Cache-Control`` so CDNs and browsers can
+keep it, rate-limited per client, and open to embedding (CORS ``*``, GET only, no credentials).
+Nothing here carries buyer personal data; positions are never exposed, only the node's city.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import sqlite3
+import threading
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import closing
+from pathlib import Path
+from typing import Annotated, Final
+
+import msgspec
+from fastapi import APIRouter, FastAPI, HTTPException, Request, Response, status
+from fastapi import Path as PathParam
+from fastapi.responses import RedirectResponse, StreamingResponse
+from fastapi.staticfiles import StaticFiles
+
+from hub.store import connect
+from hub.traceability import keys
+from hub.traceability.digital_link import lot_uri
+from hub.traceability.epcis import trail_document
+from hub.traceability.model import LotView, NodeInfo, Trail
+from hub.traceability.qr import qr_svg
+from hub.traceability.settings import PublicSettings
+from hub.traceability.trail import build_trail
+
+LOT_CACHE_S: Final = 1.0
+"""Lot data is recomputed at most this often, however many viewers ask."""
+SSE_TICK_S: Final = 1.0
+SSE_KEEPALIVE_S: Final = 15.0
+"""Proxies close idle streams after 30-60 s; a comment line keeps the live room's stream open."""
+PUBLIC_MAX_AGE_S: Final = 5
+STATIC_DIR: Final = Path(__file__).resolve().parents[1] / "static"
+LOT_ID_PATTERN: Final = r"^[A-Za-z0-9_.:-]{1,64}$"
+_ENCODER: Final = msgspec.json.Encoder()
+LotId = Annotated[str, PathParam(pattern=LOT_ID_PATTERN)]
+
+
+class RateLimiter:
+    """A token bucket per client address; old buckets are forgotten so memory stays bounded."""
+
+    def __init__(self, rate: float, burst: int, monotonic: Callable[[], float] = time.monotonic) -> None:
+        self._rate, self._burst, self._monotonic = rate, float(burst), monotonic
+        self._buckets: dict[str, tuple[float, float]] = {}
+        self._lock = threading.Lock()
+
+    def allow(self, client: str) -> bool:
+        """Take one token for ``client``; False when it has none left."""
+        now = self._monotonic()
+        with self._lock:
+            tokens, updated = self._buckets.get(client, (self._burst, now))
+            tokens = min(self._burst, tokens + (now - updated) * self._rate)
+            if len(self._buckets) > 100_000:  # a flood of addresses must not grow memory without bound
+                self._buckets.clear()
+            if tokens < 1:
+                self._buckets[client] = (tokens, now)
+                return False
+            self._buckets[client] = (tokens - 1, now)
+            return True
+
+
+class PublicService:
+    """Builds lot views and buyer views from the store, with per-lot caching."""
+
+    def __init__(
+        self, db_path: Path, nodes: Mapping[str, NodeInfo], settings: PublicSettings, key_secret: bytes | None
+    ) -> None:
+        self._db_path = db_path
+        self.nodes = dict(nodes)
+        self.settings = settings
+        self.key_secret = key_secret
+        self._cache: dict[str, tuple[float, bytes, str]] = {}
+        self._lock = threading.Lock()
+
+    def connection(self) -> closing[sqlite3.Connection]:
+        """A short-lived read connection."""
+        return closing(connect(self._db_path))
+
+    def lot(self, lot_id: str) -> tuple[bytes, str]:
+        """The lot's view as JSON and its ETag, recomputed at most once per ``LOT_CACHE_S``."""
+        now = time.monotonic()
+        with self._lock:
+            cached = self._cache.get(lot_id)
+            if cached and now - cached[0] < LOT_CACHE_S:
+                return cached[1], cached[2]
+        view = self._lot_view(lot_id)
+        body = _ENCODER.encode(view)
+        etag = '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
+        with self._lock:
+            self._cache[lot_id] = (now, body, etag)
+        return body, etag
+
+    def _lot_view(self, lot_id: str) -> LotView:
+        with self.connection() as conn:
+            row = conn.execute("SELECT gtin, product FROM lots WHERE lot_id = ?", (lot_id,)).fetchone()
+            if row is None:
+                raise HTTPException(status.HTTP_404_NOT_FOUND, "no such lot")
+            gtin, product = row
+            epcs = [epc for (epc,) in conn.execute("SELECT epc FROM lot_items WHERE lot_id = ?", (lot_id,))]
+            trail = build_trail(conn, f"lot:{lot_id}", epcs, self.nodes)
+            current = None
+            if trail.legs and trail.legs[-1].end_ms is None:
+                current = conn.execute(
+                    "SELECT value, ts_ms FROM latest WHERE gateway_id = ? AND quantity = 'temperature'"
+                    " ORDER BY ts_ms DESC LIMIT 1",
+                    (trail.legs[-1].node.gateway_id,),
+                ).fetchone()
+        link = self.digital_link(gtin, lot_id)
+        return LotView(
+            lot_id=lot_id,
+            gtin=gtin,
+            product_zh=product or "",
+            product_en=product or "",
+            status=trail.status,
+            current_temperature_c=current[0] if current else None,
+            current_ts_ms=current[1] if current else None,
+            current_node_kind=trail.legs[-1].node.kind if trail.legs else "unknown",
+            legs=trail.legs,  # node labels and cities only: raw GPS positions never leave the hub publicly
+            digital_link=link,
+            qr_svg_url=f"{self.settings.base_url}/public/v1/lots/{lot_id}/qr.svg",
+            updated_ms=int(time.time() * 1000),
+        )
+
+    def digital_link(self, gtin: str, lot_id: str) -> str:
+        """The lot's GS1 Digital Link URI (resolved by this hub unless another base is configured)."""
+        return lot_uri(gtin, lot_id, base=self.settings.digital_link_base or self.settings.base_url)
+
+    def order_trail(self, key: str) -> tuple[str, Trail, list[dict[str, object]]]:
+        """The order a key opens, its trail and its claims' status; raises the key errors."""
+        if self.key_secret is None:
+            raise keys.UnknownKeyError("buyer keys are not configured on this hub")
+        with self.connection() as conn:
+            order_id = keys.resolve(conn, self.key_secret, key, now_ms=int(time.time() * 1000))
+            epcs = [e for (e,) in conn.execute("SELECT epc FROM order_items WHERE order_id = ?", (order_id,))]
+            lot = conn.execute("SELECT lot_id FROM orders WHERE order_id = ?", (order_id,)).fetchone()
+            if lot and lot[0]:
+                epcs += [e for (e,) in conn.execute("SELECT epc FROM lot_items WHERE lot_id = ?", (lot[0],))]
+            trail = build_trail(conn, f"order:{order_id}", sorted(set(epcs)), self.nodes)
+            claims = [
+                {"action": action, "refund_percent": percent, "voucher_cny": voucher, "state": state}
+                for action, percent, voucher, state in conn.execute(
+                    "SELECT action, refund_percent, voucher_cny, state FROM claims WHERE order_id = ?", (order_id,)
+                )
+            ]
+        return order_id, trail, claims
+
+
+def _public_headers(response: Response, etag: str | None = None, max_age: int = PUBLIC_MAX_AGE_S) -> None:
+    response.headers["Cache-Control"] = f"public, max-age={max_age}"
+    response.headers["Access-Control-Allow-Origin"] = "*"
+    if etag:
+        response.headers["ETag"] = etag
+
+
+def add_public_routes(app: FastAPI, service: PublicService) -> None:
+    """Mount the public routes, the widget's static files and the per-client rate limit."""
+    limiter = RateLimiter(service.settings.rate_per_s, service.settings.rate_burst)
+    public_prefixes = ("/public/", "/k/", "/01/", "/widget/")
+
+    @app.middleware("http")
+    async def rate_limit(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        if request.url.path.startswith(public_prefixes):
+            client = request.client.host if request.client else "unknown"
+            if not limiter.allow(client):
+                return Response(
+                    '{"detail":"too many requests"}',
+                    status_code=status.HTTP_429_TOO_MANY_REQUESTS,
+                    media_type="application/json",
+                    headers={"Retry-After": "1", "Access-Control-Allow-Origin": "*"},
+                )
+        return await call_next(request)
+
+    router = APIRouter(tags=["public"])
+
+    @router.get("/public/v1/lots/{lot_id}", response_model=None)
+    def lot(lot_id: LotId, request: Request) -> Response:
+        body, etag = service.lot(lot_id)
+        if request.headers.get("if-none-match") == etag:
+            response = Response(status_code=status.HTTP_304_NOT_MODIFIED)
+        else:
+            response = Response(body, media_type="application/json")
+        _public_headers(response, etag)
+        return response
+
+    @router.get("/public/v1/lots/{lot_id}/events", response_model=None)
+    async def lot_events(lot_id: LotId, request: Request) -> StreamingResponse:
+        await asyncio.to_thread(service.lot, lot_id)  # 404 before the stream starts
+
+        async def stream() -> AsyncIterator[bytes]:
+            sent_etag = None
+            last_sent = time.monotonic()
+            while not await request.is_disconnected():
+                body, etag = await asyncio.to_thread(service.lot, lot_id)
+                if etag != sent_etag:
+                    sent_etag, last_sent = etag, time.monotonic()
+                    yield b"event: lot\ndata: " + body + b"\n\n"
+                elif time.monotonic() - last_sent > SSE_KEEPALIVE_S:
+                    last_sent = time.monotonic()
+                    yield b": keepalive\n\n"
+                await asyncio.sleep(SSE_TICK_S)
+
+        headers = {"Cache-Control": "no-cache", "Access-Control-Allow-Origin": "*", "X-Accel-Buffering": "no"}
+        return StreamingResponse(stream(), media_type="text/event-stream", headers=headers)
+
+    @router.get("/public/v1/lots/{lot_id}/qr.svg", response_model=None)
+    def lot_qr(lot_id: LotId, transparent: bool = False) -> Response:
+        with service.connection() as conn:
+            row = conn.execute("SELECT gtin FROM lots WHERE lot_id = ?", (lot_id,)).fetchone()
+        if row is None:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, "no such lot")
+        svg = qr_svg(service.digital_link(row[0], lot_id), light=None if transparent else "#fff")
+        response = Response(svg, media_type="image/svg+xml")
+        _public_headers(response, max_age=86400)
+        return response
+
+    @router.get("/01/{gtin}/10/{lot_id}", response_model=None)
+    def resolve_digital_link(gtin: Annotated[str, PathParam(pattern=r"^\d{14}$")], lot_id: LotId) -> RedirectResponse:
+        with service.connection() as conn:
+            row = conn.execute("SELECT gtin FROM lots WHERE lot_id = ?", (lot_id,)).fetchone()
+        if row is None or row[0] != gtin:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, "no such product lot")
+        return RedirectResponse(
+            f"/widget/index.html?lot={lot_id}&layout=landscape&page=1", status.HTTP_307_TEMPORARY_REDIRECT
+        )
+
+    _add_key_routes(router, service)
+    app.include_router(router)
+    widget = STATIC_DIR / "widget"
+    if widget.is_dir():
+        app.mount("/widget", StaticFiles(directory=widget, html=True), name="widget")
+
+
+def _add_key_routes(router: APIRouter, service: PublicService) -> None:
+    """A buyer's key opens that order's trail (JSON, EPCIS, a page) and nothing else."""
+
+    @router.get("/public/v1/keys/{key}", response_model=None)
+    def buyer_view(key: str) -> Response:
+        order_id, trail, claims = _resolve(service, key)
+        body = _ENCODER.encode({"order_id": order_id, "trail": trail, "claims": claims})
+        return Response(body, media_type="application/json", headers=_private_headers())
+
+    @router.get("/public/v1/keys/{key}/epcis", response_model=None)
+    def buyer_epcis(key: str) -> Response:
+        _, trail, _ = _resolve(service, key)
+        body = _ENCODER.encode(trail_document(trail, now_ms=int(time.time() * 1000)))
+        return Response(body, media_type="application/ld+json", headers=_private_headers())
+
+    @router.get("/k/{key}", response_model=None)
+    def buyer_page(key: str) -> Response:
+        _resolve(service, key)
+        page = (STATIC_DIR / "key" / "index.html").read_bytes()
+        return Response(page, media_type="text/html; charset=utf-8", headers=_private_headers())
+
+
+def _private_headers() -> dict[str, str]:
+    # A key is a bearer secret in the URL: never cached by shared caches, never sent as a Referer.
+    return {"Cache-Control": "private, no-store", "Referrer-Policy": "no-referrer"}
+
+
+def _resolve(service: PublicService, key: str) -> tuple[str, Trail, list[dict[str, object]]]:
+    try:
+        return service.order_trail(key)
+    except keys.UnknownKeyError as exc:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, "no such link") from exc
+    except keys.GoneKeyError as exc:
+        raise HTTPException(status.HTTP_410_GONE, str(exc)) from exc

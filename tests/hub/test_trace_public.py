@@ -1,0 +1,185 @@
+"""Public traceability over a real pipeline and store: buyer keys, lot pages, caching, rate limits,
+Digital Link resolution and EPCIS queries."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from coldchain.messages import Quantity, Reading, TagAction, TagRead, TelemetryBatch, encode
+from coldchain.topics import Channel, topic_for
+from hub.alarms import AlarmService, AlarmSettings
+from hub.api import create_app
+from hub.config import ApiToken
+from hub.ingest import Inbound, IngestPipeline
+from hub.store import IngestWriter, ReadStore
+from hub.traceability import keys
+from hub.traceability.epcis import validate_document
+from hub.traceability.model import NodeInfo
+from hub.traceability.public import PublicService, add_public_routes
+from hub.traceability.settings import PublicSettings
+
+T0 = 1_800_000_000_000
+SECRET = b"buyer-key-secret-for-tests-0123456"
+SHOP = {"Authorization": "Bearer shop-token-0123456789"}
+READER = {"Authorization": "Bearer reader-token-0123456"}
+CASE_A = "urn:epc:id:sgtin:0614141.812345.11"
+CASE_B = "urn:epc:id:sgtin:0614141.812345.12"
+GTIN = "80614141123458"
+NODES = [
+    NodeInfo("gw-store", "cold_store", "产地冷库", "Packhouse cold store", "0614141000012", "大理", "Dali"),
+    NodeInfo("gw-truck", "reefer_truck", "冷藏车", "Reefer truck", None, "昆明", "Kunming"),
+]
+
+
+class Setup:
+    def __init__(self, tmp_path: Path, *, rate_burst: int = 1000) -> None:
+        db = tmp_path / "hub.sqlite3"
+        self.pipeline = IngestPipeline(IngestWriter(db, AlarmService(AlarmSettings(), None, lambda _: None)))
+        tokens = [
+            ApiToken("shop", hashlib.sha256(b"shop-token-0123456789").hexdigest(), ["orders"]),
+            ApiToken("reader", hashlib.sha256(b"reader-token-0123456").hexdigest(), ["read"]),
+        ]
+        self.app = create_app(
+            ReadStore(db),
+            tokens,
+            mqtt_connected=lambda: True,
+            ingest_counters=dict,
+            send_command=lambda _: None,
+            pipeline=self.pipeline,
+        )
+        settings = PublicSettings(base_url="https://trace.example.com", rate_burst=rate_burst, rate_per_s=0.001)
+        self.service = PublicService(db, {n.gateway_id: n for n in NODES}, settings, SECRET)
+        self.app.state.public = self.service
+        add_public_routes(self.app, self.service)
+        self.client = TestClient(self.app)
+        self.seq: dict[str, int] = {}
+
+    def send(self, gateway_id: str, readings: list[Reading] | None = None, tags: list[TagRead] | None = None) -> None:
+        seq = self.seq[gateway_id] = self.seq.get(gateway_id, 0) + 1
+        batch = TelemetryBatch(gateway_id, "0" * 32, seq, 1, readings or [], tags or [])
+        self.pipeline.process([Inbound(topic_for(gateway_id, Channel.TELEMETRY), encode(batch), T0)])
+
+    def journey(self) -> None:
+        """Both cases at the cold store (2..3 °C), then case A alone on the truck (4..6 °C)."""
+        read = lambda epc, at, action: TagRead("r", "3074257bf7194e4000001a85", epc, T0 + at, None, 1, action)  # noqa: E731
+        self.send("gw-store", tags=[read(CASE_A, 0, TagAction.PICKUP), read(CASE_B, 0, TagAction.PICKUP)])
+        self.send("gw-store", [Reading("s", Quantity.TEMPERATURE, T0 + i * 60_000, 2.0 + (i % 2)) for i in range(60)])
+        self.send("gw-truck", tags=[read(CASE_A, 3_600_000, TagAction.PICKUP)])
+        self.send(
+            "gw-truck",
+            [Reading("t", Quantity.TEMPERATURE, T0 + 3_600_000 + i * 60_000, 4.0 + i % 3) for i in range(30)],
+        )
+        self.client.post(
+            "/api/v1/lots",
+            json={"lot_id": "LOT-7", "gtin": GTIN, "product": "blueberries", "items": [CASE_A, CASE_B]},
+            headers=SHOP,
+        )
+        for order, case in (("order-a", CASE_A), ("order-b", CASE_B)):
+            self.client.post(
+                "/api/v1/orders", json={"order_id": order, "buyer_ref": f"ref-{order}", "items": [case]}, headers=SHOP
+            )
+
+
+@pytest.fixture
+def setup(tmp_path: Path) -> Setup:
+    s = Setup(tmp_path)
+    s.journey()
+    return s
+
+
+def key_of(setup: Setup, order_id: str) -> str:
+    response = setup.client.post(f"/api/v1/orders/{order_id}/keys", headers=SHOP)
+    assert response.status_code == 201, response.text
+    url = response.json()["url"]
+    assert url.startswith("https://trace.example.com/k/")
+    return url.rsplit("/", 1)[1]
+
+
+def test_a_buyer_key_shows_that_order_and_nothing_else(setup: Setup) -> None:
+    key_a, key_b = key_of(setup, "order-a"), key_of(setup, "order-b")
+    view_a = setup.client.get(f"/public/v1/keys/{key_a}")
+    assert view_a.status_code == 200
+    assert view_a.headers["cache-control"] == "private, no-store"
+    body_a = view_a.json()
+    assert body_a["order_id"] == "order-a"
+    assert [leg["node"]["gateway_id"] for leg in body_a["trail"]["legs"]] == ["gw-store", "gw-truck"]
+    assert "ref-order-a" not in view_a.text  # no buyer reference on the buyer's own page either
+    body_b = setup.client.get(f"/public/v1/keys/{key_b}").json()
+    assert body_b["order_id"] == "order-b"
+    assert [leg["node"]["gateway_id"] for leg in body_b["trail"]["legs"]] == ["gw-store"]  # B never rode the truck
+    band = body_a["trail"]["legs"][1]["band"]
+    assert (band["min_c"], band["max_c"]) == (4.0, 6.0)  # from the 5-minute rollups, exact
+
+
+def test_tampered_unknown_expired_and_revoked_keys_are_refused(setup: Setup) -> None:
+    key = key_of(setup, "order-a")
+    key_id, tag = key.split(".")
+    tampered = f"{key_id[:-1]}{'A' if key_id[-1] != 'A' else 'B'}.{tag}"
+    assert setup.client.get(f"/public/v1/keys/{tampered}").status_code == 404
+    assert setup.client.get("/public/v1/keys/not-a-key").status_code == 404
+    assert setup.client.get("/k/not-a-key").status_code == 404
+    with setup.pipeline.staff_action(lambda w, _now: w.transaction()) as conn:
+        expired = keys.issue(conn, SECRET, "order-a", ttl_s=60, now_ms=int(time.time() * 1000) - 61_000)
+    assert setup.client.get(f"/public/v1/keys/{expired}").status_code == 410
+    assert setup.client.post("/api/v1/orders/order-a/keys/revoke", headers=SHOP).json()["revoked"] >= 1
+    assert setup.client.get(f"/public/v1/keys/{key}").status_code == 410
+    other = key_of(setup, "order-b")
+    assert setup.client.post("/api/v1/orders/order-b/cancel", headers=SHOP).json()["status"] == "cancelled"
+    assert setup.client.get(f"/public/v1/keys/{other}").status_code == 410  # cancelling revokes the links
+
+
+def test_the_lot_page_data_is_cacheable_embeddable_and_free_of_personal_data(setup: Setup) -> None:
+    first = setup.client.get("/public/v1/lots/LOT-7")
+    assert first.status_code == 200
+    assert first.headers["cache-control"].startswith("public, max-age=")
+    assert first.headers["access-control-allow-origin"] == "*"
+    view = first.json()
+    assert view["status"] == "intact"
+    assert view["current_node_kind"] == "reefer_truck"
+    assert view["current_temperature_c"] == 6.0
+    assert view["digital_link"] == f"https://trace.example.com/01/{GTIN}/10/LOT-7"
+    assert "ref-order" not in first.text
+    assert "lat" not in json.dumps(view["legs"])  # cities, never positions
+    again = setup.client.get("/public/v1/lots/LOT-7", headers={"If-None-Match": first.headers["etag"]})
+    assert again.status_code == 304
+    assert setup.client.get("/public/v1/lots/NOPE").status_code == 404
+    qr = setup.client.get("/public/v1/lots/LOT-7/qr.svg")
+    assert qr.headers["content-type"].startswith("image/svg+xml")
+    assert b"<svg" in qr.content
+
+
+def test_a_digital_link_resolves_to_the_lot_page(setup: Setup) -> None:
+    found = setup.client.get(f"/01/{GTIN}/10/LOT-7", follow_redirects=False)
+    assert found.status_code == 307
+    assert "lot=LOT-7" in found.headers["location"]
+    assert setup.client.get("/01/00000000000000/10/LOT-7", follow_redirects=False).status_code == 404
+
+
+def test_public_requests_are_rate_limited_per_client(tmp_path: Path) -> None:
+    limited = Setup(tmp_path, rate_burst=5)
+    limited.journey()
+    codes = [limited.client.get("/public/v1/lots/LOT-7").status_code for _ in range(8)]
+    assert codes[:5] == [200] * 5
+    assert codes[5:] == [429] * 3
+    assert limited.client.get("/api/v1/orders/order-a", headers=SHOP).status_code == 200  # staff APIs unaffected
+
+
+def test_epcis_query_by_lot_and_by_item_validates_against_the_gs1_schema(setup: Setup) -> None:
+    by_lot = setup.client.get("/api/v1/epcis/events", params={"lot": "LOT-7"}, headers=READER)
+    assert by_lot.status_code == 200
+    validate_document(by_lot.json())
+    events = by_lot.json()["epcisBody"]["eventList"]
+    assert len(events) == 4  # per leg: the arrival, and the sensor report of the stay
+    assert sum(1 for e in events if e.get("sensorElementList")) == 2
+    by_item = setup.client.get("/api/v1/epcis/events", params={"epc": CASE_B}, headers=READER).json()
+    validate_document(by_item)
+    assert all(CASE_B in e.get("epcList", []) for e in by_item["epcisBody"]["eventList"])
+    assert setup.client.get("/api/v1/epcis/events", params={"lot": "LOT-7"}).status_code == 401
+    key = key_of(setup, "order-a")
+    validate_document(setup.client.get(f"/public/v1/keys/{key}/epcis").json())
