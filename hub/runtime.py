@@ -10,6 +10,7 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType
+from typing import Final
 
 import uvicorn
 
@@ -28,6 +29,9 @@ from hub.store import IngestWriter, ReadStore
 from hub.traceability.public import PublicService, add_public_routes
 
 log = logging.getLogger(__name__)
+
+GRACEFUL_SHUTDOWN_S: Final = 5
+"""Open requests (a viewer's event stream) get this long to finish when the hub stops."""
 
 
 class _Server(uvicorn.Server):
@@ -102,7 +106,14 @@ class HubRuntime:
         app.state.public = self.public
         add_public_routes(app, self.public)
         self._server = _Server(
-            uvicorn.Config(app, host=config.api.host, port=config.api.port, log_level="warning", lifespan="off")
+            uvicorn.Config(
+                app,
+                host=config.api.host,
+                port=config.api.port,
+                log_level="warning",
+                lifespan="off",
+                timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
+            )
         )
         self._thread: threading.Thread | None = None
 
@@ -110,6 +121,7 @@ class HubRuntime:
         """Serve until SIGINT or SIGTERM, then stop cleanly."""
 
         def _request_exit(_signum: int, _frame: FrameType | None) -> None:
+            self.public.closing.set()
             self._server.should_exit = True
 
         signal.signal(signal.SIGINT, _request_exit)
@@ -136,6 +148,7 @@ class HubRuntime:
 
     def stop(self) -> None:
         """Stop the API and ingest started by ``start_in_thread``."""
+        self.public.closing.set()
         self._server.should_exit = True
         if self._thread is not None:
             self._thread.join(timeout=10)

@@ -81,6 +81,8 @@ class PublicService:
         self.key_secret = key_secret
         self._cache: dict[str, tuple[float, bytes, str]] = {}
         self._lock = threading.Lock()
+        self.closing = threading.Event()
+        """Set when the hub stops: live streams end so the server can shut down promptly."""
 
     def connection(self) -> closing[sqlite3.Connection]:
         """A short-lived read connection."""
@@ -199,7 +201,7 @@ def add_public_routes(app: FastAPI, service: PublicService) -> None:
         async def stream() -> AsyncIterator[bytes]:
             sent_etag = None
             last_sent = time.monotonic()
-            while not await request.is_disconnected():
+            while not service.closing.is_set() and not await request.is_disconnected():
                 body, etag = await asyncio.to_thread(service.lot, lot_id)
                 if etag != sent_etag:
                     sent_etag, last_sent = etag, time.monotonic()
