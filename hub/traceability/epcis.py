@@ -36,8 +36,9 @@ from hub.traceability.model import ExcursionView, Leg, NodeInfo, NodeKind, Trail
 EPCIS_CONTEXT: Final = "https://ref.gs1.org/standards/epcis/epcis-context.jsonld"
 """The JSON-LD context of EPCIS 2.0 as ratified (gs1.github.io/EPCIS/... is its development copy)."""
 
-DEFAULT_SCHEMA_PATH: Final = Path(__file__).resolve().parents[3] / "shared/standards/epcis/EPCIS-JSON-Schema.json"
-"""The official schema beside the repository (``../shared/standards/epcis/``), as DESIGN.md names it."""
+DEFAULT_SCHEMA_PATH: Final = Path(__file__).with_name("EPCIS-JSON-Schema.json")
+"""GS1's official EPCIS 2.0 JSON Schema, shipped with the package so a hub validates without the
+repository's ``../shared/standards/epcis/``; a test checks the copy is byte-identical to that file."""
 
 CHINA_STANDARD_TIME_MIN: Final = 8 * 60
 """The shops and their cold chains are in China (UTC+08:00, no daylight saving)."""

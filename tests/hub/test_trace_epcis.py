@@ -21,7 +21,7 @@ from hub.traceability.epcis import (
 )
 from hub.traceability.model import ExcursionView, Leg, NodeInfo, NodeKind, TemperatureBand, Trail
 
-STANDARD = DEFAULT_SCHEMA_PATH.parent
+STANDARD = Path(__file__).resolve().parents[3] / "shared/standards/epcis"  # ../shared beside the repository
 HOUR = 3_600_000
 T0 = 1_717_200_000_000  # 2024-06-01T00:00:00Z
 GTIN = "06901234000153"  # the GTIN of EPC_A and EPC_B
@@ -364,3 +364,14 @@ def test_validator_reads_another_schema_path(tmp_path: Path) -> None:
     schema.write_text(json.dumps({"$schema": "http://json-schema.org/draft-07/schema#", "required": ["x"]}))
     with pytest.raises(EpcisValidationError, match="'x' is a required property"):
         validate_document({}, schema_path=schema)
+
+
+def test_the_packaged_schema_is_gs1s_own() -> None:
+    """The copy the hub ships must be byte-identical to ../shared/standards (present in CI)."""
+    official = STANDARD / "EPCIS-JSON-Schema.json"
+    if not official.exists():
+        import os  # noqa: PLC0415
+
+        assert os.environ.get("CI") != "true", f"{official} is missing"
+        pytest.skip("../shared/standards is not beside this checkout")
+    assert DEFAULT_SCHEMA_PATH.read_bytes() == official.read_bytes()
