@@ -301,22 +301,22 @@ def main() -> None:
                 "custody.stays_of",
                 f"SELECT coalesce(epc_uri, epc_hex), epc_uri, epc_hex, gateway_id, ts_ms, action FROM tag_reads WHERE epc_uri IN ({marks}) OR epc_hex IN ({marks}) ORDER BY ts_ms",
                 (*epcs, *epcs),
-            ),  # noqa: E501
+            ),
             (
                 "trail._delivered",
                 "SELECT action FROM tag_reads WHERE epc_uri = ? OR epc_hex = ? ORDER BY ts_ms DESC LIMIT 1",
                 (epcs[0], epcs[0]),
-            ),  # noqa: E501
+            ),
             (
                 "trail._leg rollups",
                 "SELECT min(min_value), max(max_value), sum(sum_value), sum(samples) FROM rollups WHERE gateway_id = ? AND quantity = 'temperature' AND bucket_ms >= ? AND bucket_ms <= ?",
                 ("gw-0001", 0, 1),
-            ),  # noqa: E501
+            ),
             (
                 "trail._leg alarms",
                 "SELECT alarm_id FROM alarms WHERE gateway_id = ? AND started_ms <= ? AND coalesce(ended_ms, ?) >= ? ORDER BY started_ms",
                 ("gw-0001", 1, 2, 0),
-            ),  # noqa: E501
+            ),
             ("trail._has_claim", "SELECT 1 FROM claims WHERE alarm_id = ? LIMIT 1", ("al-000001",)),
         ):
             plan = "; ".join(r[3] for r in conn.execute("EXPLAIN QUERY PLAN " + sql, params))
