@@ -51,6 +51,9 @@ T = TypeVar("T")
 
 GROUP_MAX_MESSAGES: Final = 500
 """Messages per transaction: large enough to amortise the fsync, small enough to ack promptly."""
+GROUP_MAX_BYTES: Final = 512 * 1024
+"""Payload bytes per transaction (about 8,000 readings): a reading that opens an alarm never waits behind
+more than a fraction of a second of work, however large the batches are (bench/alarm_latency.py)."""
 GROUP_MAX_WAIT_S: Final = 0.02
 """Longest a message waits for its group to fill; bounds the added receipt latency."""
 DETECTOR_WARMUP_S: Final = 24 * 3600.0
@@ -83,6 +86,7 @@ class IngestConfig(msgspec.Struct, forbid_unknown_fields=True):
     client_id: str = "coldchain-hub"
     max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
     group_max_messages: int = GROUP_MAX_MESSAGES
+    group_max_bytes: int = GROUP_MAX_BYTES
     group_max_wait_s: float = GROUP_MAX_WAIT_S
 
 
@@ -137,6 +141,8 @@ class IngestPipeline:
         self._wall_clock = wall_clock
         self._write_lock = threading.Lock()
         self._detectors = self._warm_detectors()
+        self.after_alarm_changes: Callable[[Sequence[AlarmChange]], None] | None = None
+        """Called after a commit that changed alarms (the hub wakes its outbox dispatcher)."""
 
     def process(self, group: Sequence[Inbound]) -> list[Receipt]:
         """Commit ``group`` atomically; raise ``StoreError`` (nothing changed) if the commit fails."""
@@ -223,6 +229,8 @@ class IngestPipeline:
         return detectors
 
     def _report(self, changes: Sequence[AlarmChange]) -> None:
+        if changes and self.after_alarm_changes is not None:
+            self.after_alarm_changes(changes)
         for change in changes:
             self.stats.add(f"alarms_{change.action}")
             self.stats.add("claims_created", change.claims)
@@ -370,18 +378,21 @@ class MqttIngest:
         except queue.Empty:
             return []
         group = [first]
+        size = len(first.payload)
         deadline = time.monotonic() + self._config.group_max_wait_s
-        while len(group) < self._config.group_max_messages:
+        while len(group) < self._config.group_max_messages and size < self._config.group_max_bytes:
             try:
-                group.append(self._inbox.get_nowait())
+                message = self._inbox.get_nowait()
             except queue.Empty:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
                 try:
-                    group.append(self._inbox.get(timeout=remaining))
+                    message = self._inbox.get(timeout=remaining)
                 except queue.Empty:
                     break
+            group.append(message)
+            size += len(message.payload)
         return group
 
     def _publish_receipt(self, receipt: Receipt) -> None:

@@ -231,6 +231,7 @@ class OutboxDispatcher:
         self._failed: Counter[str] = Counter()
         self._executor = ThreadPoolExecutor(max_workers=max(1, len(self._endpoints)), thread_name_prefix="outbox")
         self._stop = threading.Event()
+        self._wake = threading.Event()
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
@@ -241,9 +242,14 @@ class OutboxDispatcher:
         self._thread = threading.Thread(target=self._loop, name="outbox-dispatcher", daemon=True)
         self._thread.start()
 
+    def wake(self) -> None:
+        """New rows were committed: look now instead of at the next poll (alarm and claim latency)."""
+        self._wake.set()
+
     def stop(self) -> None:
         """Stop the thread, let in-flight sends finish (each bounded by its timeout) and release the client."""
         self._stop.set()
+        self._wake.set()
         if self._thread is not None:
             self._thread.join()
             self._thread = None
@@ -268,7 +274,9 @@ class OutboxDispatcher:
             except sqlite3.Error:
                 # The database is the hub's; a locked or briefly unavailable file is retried next poll.
                 log.exception("outbox: cannot read due rows")
-            self._stop.wait(max(0.0, POLL_INTERVAL_S - (self._monotonic() - started)))
+            # Polling stays as the fallback (retries falling due); a commit that queued rows wakes us at once.
+            self._wake.wait(max(0.0, POLL_INTERVAL_S - (self._monotonic() - started)))
+            self._wake.clear()
 
     def _dispatch(self, now_ms: int) -> list[Future[int]]:
         with self._dispatch_lock:

@@ -82,6 +82,7 @@ class HubRuntime:
         self.dispatcher = OutboxDispatcher(
             SqliteOutbox(db_path), endpoints, secrets=secrets, on_delivered=self._claim_delivered
         )
+        self.pipeline.after_alarm_changes = lambda _changes: self.dispatcher.wake()
         self.ingest = MqttIngest(self.pipeline, config.mqtt, config.ingest, allow_placeholder_secret=demo)
         self.read_store = ReadStore(db_path)
         app = create_app(
