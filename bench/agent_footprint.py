@@ -122,7 +122,7 @@ def replay(work: Path, broker: Mosquitto) -> tuple[int, float]:
         time.sleep(1)
         began = time.monotonic()
         agent = start(["agent", "--config", str(config)], work / "agent.log")
-        import sqlite3  # noqa: PLC0415
+        import sqlite3
 
         while True:
             with sqlite3.connect(work / "hub.sqlite3") as conn:
