@@ -16,7 +16,6 @@ scenarios can tell where the truck is without running the simulator.
 from __future__ import annotations
 
 import itertools
-import logging
 import math
 import os
 import threading
@@ -25,13 +24,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from types import TracebackType
-from typing import Final, Self
+from typing import ClassVar, Final
 
 from firmware_sims.faults import FaultState
-from firmware_sims.pty_device import PtyEndpoint, open_pty
-
-log = logging.getLogger(__name__)
+from firmware_sims.pty_device import POLL_INTERVAL_S, PtyDevice
 
 EARTH_RADIUS_M: Final = 6_371_008.8
 """Mean Earth radius (IUGG); the equirectangular route model needs no better over a delivery leg."""
@@ -61,12 +57,6 @@ GEOID_SEPARATION_M: Final = -3.5
 
 MAX_SATELLITE_SLOTS: Final = 12
 """GSA always carries twelve satellite id fields, empty ones included."""
-
-POLL_INTERVAL_S: Final = 0.05
-"""Longest sleep of the serving thread between clock checks: bounds stop() latency and epoch lateness."""
-
-STOP_JOIN_TIMEOUT_S: Final = 2.0
-"""The thread notices stop() within one poll interval; this only guards against a wedged thread."""
 
 _CENTISECONDS_PER_MICROSECOND: Final = 10_000  # microseconds in one hundredth of a second
 _MINUTE_DECIMALS: Final = 5  # ddmm.mmmmm: 1e-5 minute is 2 cm, finer than any receiver reports
@@ -250,7 +240,7 @@ def format_gsa(fix: bool, *, satellite_ids: Sequence[int] = SATELLITE_IDS, talke
     return _sentence(talker, "GSA", ["A", "3" if fix else "1", *ids, *(f"{dop:.2f}" for dop in dops)])
 
 
-class GpsSimulator:
+class GpsSimulator(PtyDevice):
     """Serves a receiver driving ``route`` on one pty, ``rate_hz`` epochs a second, from a daemon thread.
 
     Epoch ``k`` is due ``k / rate_hz`` seconds of ``monotonic()`` after ``start()`` and reports the
@@ -261,6 +251,9 @@ class GpsSimulator:
     what a receiver without a fix sends. ``sentences_sent`` and ``bytes_dropped`` (the client did not
     read and the pty filled up) are exposed for inspection.
     """
+
+    thread_name: ClassVar[str] = "gps"
+    label: ClassVar[str] = "GPS simulator"
 
     def __init__(
         self,
@@ -283,25 +276,14 @@ class GpsSimulator:
         self.no_fix = False
         self.sentences_sent = 0
         self.bytes_dropped = 0
-        self._link = link
         self._start_utc = start_utc
         self._monotonic = monotonic
         self._wall_clock = wall_clock
-        self._started = False
         self._t0 = 0.0
         self._utc0 = datetime.fromtimestamp(0, UTC)
         self._next_epoch = 0
         self._last_navigation: tuple[float, float, float, float] | None = None
-        self._endpoint: PtyEndpoint | None = None
-        self._thread: threading.Thread | None = None
-        self._stopping = threading.Event()
-
-    @property
-    def path(self) -> Path:
-        """The serial device clients open (the symlink when ``link`` was given); valid while plugged in."""
-        if self._endpoint is None:
-            raise RuntimeError("the simulator is not started or is unplugged")
-        return self._endpoint.path
+        super().__init__(link)
 
     @property
     def start_utc(self) -> datetime:
@@ -310,74 +292,21 @@ class GpsSimulator:
             raise RuntimeError("the simulator is not started")
         return self._utc0
 
-    def start(self) -> None:
-        """Start the route clock, open the pty and start serving."""
-        if self._started:
-            raise RuntimeError("the simulator is already started")
+    def _on_start(self) -> None:
+        """Start the route clock: epoch 0 is now, at ``start_utc`` (or the wall clock's UTC)."""
         self._t0 = self._monotonic()
         self._utc0 = _utc(self._start_utc) if self._start_utc else datetime.fromtimestamp(self._wall_clock(), UTC)
         self._next_epoch = 0
-        self._started = True
-        self._plug()
-
-    def stop(self) -> None:
-        """Stop serving and close the pty (removing the symlink). Safe to call twice."""
-        self._unplug()
-        self._started = False
-
-    def unplug(self) -> None:
-        """Pull the cable: the pty closes and the link disappears; the route clock keeps running."""
-        if self._endpoint is None:
-            raise RuntimeError("the simulator is not plugged in")
-        self._unplug()
-
-    def replug(self) -> None:
-        """Plug the cable back in: a new pty at the same link path (a new path without a link)."""
-        if not self._started or self._endpoint is not None:
-            raise RuntimeError("only a started, unplugged simulator can be plugged back in")
-        self._plug()
-
-    def __enter__(self) -> Self:
-        """Start the simulator."""
-        self.start()
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        """Stop the simulator."""
-        self.stop()
-
-    def _plug(self) -> None:
-        self._endpoint = open_pty(self._link)
-        self._stopping = threading.Event()
-        self._thread = threading.Thread(
-            target=self._serve, args=(self._endpoint.master_fd, self._stopping), name="gps", daemon=True
-        )
-        self._thread.start()
-
-    def _unplug(self) -> None:
-        self._stopping.set()
-        if self._thread is not None:
-            self._thread.join(STOP_JOIN_TIMEOUT_S)
-            self._thread = None
-        if self._endpoint is not None:
-            self._endpoint.close()
-            self._endpoint = None
 
     def _serve(self, fd: int, stopping: threading.Event) -> None:
-        try:
-            while not stopping.is_set():
-                elapsed_s = self._monotonic() - self._t0
-                due = math.floor(elapsed_s * self.rate_hz)
-                if due < self._next_epoch:
-                    stopping.wait(min(POLL_INTERVAL_S, self._next_epoch / self.rate_hz - elapsed_s))
-                    continue
-                self._next_epoch = due + 1
-                self._send(fd, [self.faults.maybe_corrupt(sentence) for sentence in self._epoch(due / self.rate_hz)])
-        except Exception:
-            # A daemon thread's exception would otherwise vanish with only stderr noise.
-            log.exception("GPS simulator stopped on an error")
+        while not stopping.is_set():
+            elapsed_s = self._monotonic() - self._t0
+            due = math.floor(elapsed_s * self.rate_hz)
+            if due < self._next_epoch:
+                stopping.wait(min(POLL_INTERVAL_S, self._next_epoch / self.rate_hz - elapsed_s))
+                continue
+            self._next_epoch = due + 1
+            self._send(fd, [self.faults.maybe_corrupt(sentence) for sentence in self._epoch(due / self.rate_hz)])
 
     def _epoch(self, elapsed_s: float) -> list[bytes]:
         """The sentences of the epoch ``elapsed_s`` into the route, with the current faults applied."""

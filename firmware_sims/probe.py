@@ -2,35 +2,20 @@
 
 from __future__ import annotations
 
-import logging
-import os
 import random
-import select
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from types import TracebackType
-from typing import Final, Self
+from typing import ClassVar
 
 from firmware_sims.faults import FaultState
 from firmware_sims.modbus_rtu import Request, RequestDecoder
-from firmware_sims.pty_device import PtyEndpoint, open_pty
+from firmware_sims.pty_device import PtyDevice, received, write_all
 from firmware_sims.xymd02 import XYMD02, AirModel, ProbeSpec
 
-log = logging.getLogger(__name__)
 
-POLL_INTERVAL_S: Final = 0.05
-"""How long the serving thread waits on the pty before checking for stop(): bounds stop() latency."""
-
-STOP_JOIN_TIMEOUT_S: Final = 2.0
-"""The thread notices stop() within one poll interval; this only guards against a wedged thread."""
-
-READ_CHUNK: Final = 4096
-"""Far more than a master sends between two polls, so one read drains the pty."""
-
-
-class ProbeBusSimulator:
+class ProbeBusSimulator(PtyDevice):
     """Serves every probe in ``probes`` on one pty, from a daemon thread, answering at once.
 
     Each request goes to every device, and each device answers only its own address, as on a
@@ -46,6 +31,9 @@ class ProbeBusSimulator:
     ``devices`` and ``decoder`` (with its error counters) are exposed for inspection;
     ``requests_served`` counts the responses sent.
     """
+
+    thread_name: ClassVar[str] = "probe-bus"
+    label: ClassVar[str] = "probe bus simulator"
 
     def __init__(
         self,
@@ -70,20 +58,9 @@ class ProbeBusSimulator:
         self.decoder = RequestDecoder()
         self.faults = FaultState(rng=random.Random(seed))  # noqa: S311 - simulation, not crypto
         self.requests_served = 0
-        self._link = link
         self._monotonic = monotonic
-        self._started = False
         self._t0 = 0.0
-        self._endpoint: PtyEndpoint | None = None
-        self._thread: threading.Thread | None = None
-        self._stopping = threading.Event()
-
-    @property
-    def path(self) -> Path:
-        """The serial device clients open (the symlink when ``link`` was given); valid while plugged in."""
-        if self._endpoint is None:
-            raise RuntimeError("the simulator is not started or is unplugged")
-        return self._endpoint.path
+        super().__init__(link)
 
     def device(self, address: int) -> XYMD02:
         """The probe answering to ``address`` now; raises KeyError when none does."""
@@ -100,75 +77,13 @@ class ProbeBusSimulator:
         """Freeze (or release) one probe's measurement while the rest of the bus keeps measuring."""
         self.device(address).stuck = stuck
 
-    def start(self) -> None:
-        """Start the device clock, open the pty and start serving in a daemon thread."""
-        if self._started:
-            raise RuntimeError("the simulator is already started")
+    def _on_start(self) -> None:
         self._t0 = self._monotonic()
-        self._started = True
-        self._plug()
-
-    def stop(self) -> None:
-        """Stop serving and close the pty (removing the symlink). Safe to call twice."""
-        self._unplug()
-        self._started = False
-
-    def unplug(self) -> None:
-        """Pull the cable: the pty closes and the link disappears; the probes keep measuring."""
-        if self._endpoint is None:
-            raise RuntimeError("the simulator is not plugged in")
-        self._unplug()
-
-    def replug(self) -> None:
-        """Plug the cable back in: a new pty at the same link path (a new path without a link)."""
-        if not self._started or self._endpoint is not None:
-            raise RuntimeError("only a started, unplugged simulator can be plugged back in")
-        self._plug()
-
-    def __enter__(self) -> Self:
-        """Start the simulator."""
-        self.start()
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        """Stop the simulator."""
-        self.stop()
-
-    def _plug(self) -> None:
-        self._endpoint = open_pty(self._link)
-        # A fresh event per plug: a thread from before an unplug that outlived its join cannot be revived.
-        self._stopping = threading.Event()
-        self._thread = threading.Thread(
-            target=self._serve, args=(self._endpoint.master_fd, self._stopping), name="probe-bus", daemon=True
-        )
-        self._thread.start()
-
-    def _unplug(self) -> None:
-        self._stopping.set()
-        if self._thread is not None:
-            self._thread.join(STOP_JOIN_TIMEOUT_S)
-            self._thread = None
-        if self._endpoint is not None:
-            self._endpoint.close()
-            self._endpoint = None
 
     def _serve(self, fd: int, stopping: threading.Event) -> None:
-        try:
-            while not stopping.is_set():
-                readable, _, _ = select.select([fd], [], [], POLL_INTERVAL_S)
-                if not readable:
-                    continue
-                try:
-                    data = os.read(fd, READ_CHUNK)
-                except BlockingIOError:
-                    continue
-                for request in self.decoder.feed(data):
-                    self._answer(fd, request, stopping)
-        except Exception:
-            # A daemon thread's exception would otherwise vanish with only stderr noise.
-            log.exception("probe bus simulator stopped on an error")
+        for data in received(fd, stopping):
+            for request in self.decoder.feed(data):
+                self._answer(fd, request, stopping)
 
     def _answer(self, fd: int, request: Request, stopping: threading.Event) -> None:
         faults = self.faults
@@ -178,15 +93,5 @@ class ProbeBusSimulator:
         for device in self.devices:
             response = device.handle(request, t_s, stuck=faults.stuck)
             if response is not None:
-                self._write_all(fd, faults.maybe_corrupt(response), stopping)
+                write_all(fd, faults.maybe_corrupt(response), stopping)
                 self.requests_served += 1
-
-    def _write_all(self, fd: int, data: bytes, stopping: threading.Event) -> None:
-        view = memoryview(data)
-        while view and not stopping.is_set():
-            _, writable, _ = select.select([], [fd], [], POLL_INTERVAL_S)
-            if writable:
-                try:
-                    view = view[os.write(fd, view) :]
-                except BlockingIOError:
-                    continue

@@ -19,23 +19,17 @@ on both sides of the wire.
 
 from __future__ import annotations
 
-import logging
-import os
 import random
 import re
-import select
 import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
-from typing import Final, Self
+from typing import ClassVar, Final
 
 from firmware_sims.faults import FaultState
-from firmware_sims.pty_device import PtyEndpoint, open_pty
-
-log = logging.getLogger(__name__)
+from firmware_sims.pty_device import PtyDevice, received, write_all
 
 HEADER: Final = 0xBB
 END: Final = 0x7E
@@ -58,15 +52,6 @@ DEFAULT_RSSI_DBM: Final = -55
 
 DEFAULT_DUPLICATE_READ_PROBABILITY: Final = 0.1
 """Chance that a tag answers twice in one inventory round, as real readers report now and then."""
-
-POLL_INTERVAL_S: Final = 0.05
-"""How long the serving thread waits on the pty before checking for stop(): bounds stop() latency."""
-
-STOP_JOIN_TIMEOUT_S: Final = 2.0
-"""The thread notices stop() within one poll interval; this only guards against a wedged thread."""
-
-READ_CHUNK: Final = 4096
-"""Far more than a host sends between two inventories, so one read drains the pty."""
 
 _EPC_HEX: Final = re.compile(r"(?:[0-9a-f]{4}){1,31}")  # whole 16-bit words, up to the Gen2 496 bits
 _OVERHEAD: Final = 7  # header, type, command, 2 length bytes, checksum, end
@@ -188,15 +173,19 @@ class _Tag:
     leaves_at: float | None  # monotonic time the tag leaves the field by itself, None to stay
 
 
-class UhfReaderSimulator:
+class UhfReaderSimulator(PtyDevice):
     """An M100 reader with tags in its field, served on a pty from a daemon thread.
 
     Place and remove tags from the test or scenario thread; each single inventory reports every tag
     in the field once, and each again with ``duplicate_read_probability``. ``faults`` is honoured on
     every frame: ``silent`` answers nothing, ``corrupt_probability`` flips a bit in a frame, ``stuck``
     keeps reporting the tags that were in the field when it was set. ``unplug()`` / ``replug()`` take
-    the pty away and bring a new one back at the same ``link``.
+    the pty away and bring a new one back at the same ``link``; an unplugged reader is
+    simply stopped: ``unplug()`` is ``stop()`` and ``replug()`` is ``start()``.
     """
+
+    thread_name: ClassVar[str] = "uhf-reader"
+    label: ClassVar[str] = "UHF reader simulator"
 
     def __init__(
         self, *, link: Path | None = None, seed: int = 0, monotonic: Callable[[], float] = time.monotonic
@@ -207,21 +196,11 @@ class UhfReaderSimulator:
         self.decoder = CommandDecoder()
         self.inventories_served = 0
         self._rng = random.Random(seed + 1)  # noqa: S311 - simulation, not crypto
-        self._link = link
         self._monotonic = monotonic
         self._lock = threading.Lock()
         self._field: dict[str, _Tag] = {}
         self._stuck_field: dict[str, _Tag] | None = None
-        self._endpoint: PtyEndpoint | None = None
-        self._thread: threading.Thread | None = None
-        self._stopping = threading.Event()
-
-    @property
-    def path(self) -> Path:
-        """The serial device clients open (the symlink when ``link`` was given); valid while plugged in."""
-        if self._endpoint is None:
-            raise RuntimeError("the simulator is not started")
-        return self._endpoint.path
+        super().__init__(link)
 
     @property
     def tags_in_field(self) -> list[str]:
@@ -264,27 +243,6 @@ class UhfReaderSimulator:
             self._freeze_if_stuck(self._monotonic())
             self._field.clear()
 
-    def start(self) -> None:
-        """Open the pty and start serving in a daemon thread."""
-        if self._thread is not None:
-            raise RuntimeError("the simulator is already started")
-        self._endpoint = open_pty(self._link)
-        self._stopping.clear()
-        self._thread = threading.Thread(
-            target=self._serve, args=(self._endpoint.master_fd,), name="uhf-reader", daemon=True
-        )
-        self._thread.start()
-
-    def stop(self) -> None:
-        """Stop serving and close the pty (removing the symlink). Safe to call twice."""
-        self._stopping.set()
-        if self._thread is not None:
-            self._thread.join(STOP_JOIN_TIMEOUT_S)
-            self._thread = None
-        if self._endpoint is not None:
-            self._endpoint.close()
-            self._endpoint = None
-
     def unplug(self) -> None:
         """Pull the cable: the pty and its link vanish; tags and faults stay as they are."""
         self.stop()
@@ -292,17 +250,6 @@ class UhfReaderSimulator:
     def replug(self) -> None:
         """Plug the cable back in: a new pty appears at the same ``link`` path."""
         self.start()
-
-    def __enter__(self) -> Self:
-        """Start the simulator."""
-        self.start()
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        """Stop the simulator."""
-        self.stop()
 
     def answer(self, command: Command) -> list[bytes]:
         """The frames the reader sends for ``command`` (before faults are applied)."""
@@ -335,33 +282,12 @@ class UhfReaderSimulator:
         for epc in [epc for epc, tag in self._field.items() if tag.leaves_at is not None and now >= tag.leaves_at]:
             del self._field[epc]
 
-    def _serve(self, fd: int) -> None:
-        try:
-            while not self._stopping.is_set():
-                readable, _, _ = select.select([fd], [], [], POLL_INTERVAL_S)
-                if not readable:
+    def _serve(self, fd: int, stopping: threading.Event) -> None:
+        for data in received(fd, stopping):
+            for command in self.decoder.feed(data):
+                if self.faults.silent:
                     continue
-                try:
-                    data = os.read(fd, READ_CHUNK)
-                except BlockingIOError:
-                    continue
-                for command in self.decoder.feed(data):
-                    if self.faults.silent:
-                        continue
-                    for frame in self.answer(command):
-                        self._write_all(fd, self.faults.maybe_corrupt(frame))
-                    if command.command == SINGLE_INVENTORY:
-                        self.inventories_served += 1
-        except Exception:
-            # A daemon thread's exception would otherwise vanish with only stderr noise.
-            log.exception("UHF reader simulator stopped on an error")
-
-    def _write_all(self, fd: int, data: bytes) -> None:
-        view = memoryview(data)
-        while view and not self._stopping.is_set():
-            _, writable, _ = select.select([], [fd], [], POLL_INTERVAL_S)
-            if writable:
-                try:
-                    view = view[os.write(fd, view) :]
-                except BlockingIOError:
-                    continue
+                for frame in self.answer(command):
+                    write_all(fd, self.faults.maybe_corrupt(frame), stopping)
+                if command.command == SINGLE_INVENTORY:
+                    self.inventories_served += 1
