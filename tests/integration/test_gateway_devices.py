@@ -4,6 +4,7 @@ through a real Mosquitto to the hub; the courier records a handover through the 
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Callable, Iterator
 
 import httpx
@@ -81,6 +82,7 @@ device_id = "gps"
 
     # The courier presses pickup and holds the case alone to the antenna.
     reader.clear()
+    time.sleep(1.0)  # let inventories already under way (0.2 s apart) finish before arming
     armed = httpx.post(f"{courier}/api/handover", json={"action": "pickup"}, timeout=5)
     assert armed.status_code == 202
     assert armed.json()["handover_armed"] == "pickup"
