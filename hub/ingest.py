@@ -57,7 +57,9 @@ more than a fraction of a second of work, however large the batches are (bench/a
 GROUP_MAX_WAIT_S: Final = 0.02
 """Longest a message waits for its group to fill; bounds the added receipt latency."""
 DETECTOR_WARMUP_S: Final = 24 * 3600.0
-"""Readings replayed into fresh detectors at start: the longest window a detector looks at (MKT)."""
+"""Without a checkpoint, readings replayed into fresh detectors: the longest window one looks at (MKT)."""
+CHECKPOINT_INTERVAL_S: Final = 60.0
+"""Detector state is saved this often, so a restart replays about a minute of readings, not a day."""
 COMMIT_RETRY_S: Final = 1.0
 TICK_INTERVAL_S: Final = 5.0
 """How often silence and escalations are checked: far finer than their minutes-long thresholds."""
@@ -140,6 +142,8 @@ class IngestPipeline:
         self.stats = stats or IngestStats()
         self._wall_clock = wall_clock
         self._write_lock = threading.Lock()
+        self.warmup_readings = 0
+        """Readings replayed into the detectors at start (the ones after the last checkpoint)."""
         self._detectors = self._warm_detectors()
         self.after_alarm_changes: Callable[[Sequence[AlarmChange]], None] | None = None
         """Called after a commit that changed alarms (the hub wakes its outbox dispatcher)."""
@@ -218,14 +222,35 @@ class IngestPipeline:
             findings += self._detectors.feed_batch(batch.gateway_id, batch.readings)
         return findings
 
+    def checkpoint(self) -> None:
+        """Persist the detectors' state, so a restart replays only the readings committed after it."""
+        if self._detectors is None:
+            return
+        with self._write_lock:
+            self._writer.save_checkpoint(self._detectors.snapshot(), int(self._wall_clock() * 1000))
+
     def _warm_detectors(self) -> DetectorSet | None:
-        """Fresh detectors fed the recent committed readings; their findings were applied back then."""
+        """Detectors as they were: the last checkpoint plus the readings committed after it, in commit
+        order (or, without a usable checkpoint, the last ``DETECTOR_WARMUP_S`` of readings). Their
+        findings were applied when those readings were committed, so the replay's are dropped."""
         if self._make_detectors is None:
             return None
         detectors = self._make_detectors()
-        since_ms = int((self._wall_clock() - DETECTOR_WARMUP_S) * 1000)
-        for gateway_id, reading in self._writer.recent_readings(since_ms):
+        checkpoint = self._writer.load_checkpoint()
+        replay = None
+        if checkpoint is not None:
+            try:
+                detectors.restore(checkpoint[1])
+                replay = self._writer.readings_after(checkpoint[0])
+            except ValueError:
+                log.warning("detector checkpoint does not fit these detectors; warming up from readings")
+                detectors = self._make_detectors()
+        if replay is None:
+            replay = self._writer.recent_readings(int((self._wall_clock() - DETECTOR_WARMUP_S) * 1000))
+        self.warmup_readings = 0
+        for gateway_id, reading in replay:
             detectors.feed(SeriesKey(gateway_id, reading.sensor_id, reading.quantity), reading)
+            self.warmup_readings += 1
         return detectors
 
     def _report(self, changes: Sequence[AlarmChange]) -> None:
@@ -314,9 +339,13 @@ class MqttIngest:
         self._client.loop_start()
 
     def stop(self) -> None:
-        """Stop taking messages, finish the group in hand and disconnect."""
+        """Stop taking messages, finish the group in hand, save the detectors' state and disconnect."""
         self._stop.set()
         self._writer_thread.join(timeout=10)
+        try:
+            self._pipeline.checkpoint()
+        except StoreError as exc:
+            log.error("detector checkpoint at stop failed: %s", exc)
         self._client.disconnect()
         self._client.loop_stop()
 
@@ -346,13 +375,21 @@ class MqttIngest:
 
     def _write_loop(self) -> None:
         next_tick = time.monotonic()
+        next_checkpoint = time.monotonic() + CHECKPOINT_INTERVAL_S
         while not self._stop.is_set():
-            if time.monotonic() >= next_tick:
-                next_tick = time.monotonic() + TICK_INTERVAL_S
+            now = time.monotonic()
+            if now >= next_tick:
+                next_tick = now + TICK_INTERVAL_S
                 try:
                     self._pipeline.tick()
                 except StoreError as exc:
                     log.error("alarm tick failed: %s", exc)
+            if now >= next_checkpoint:
+                next_checkpoint = now + CHECKPOINT_INTERVAL_S
+                try:
+                    self._pipeline.checkpoint()
+                except StoreError as exc:
+                    log.error("detector checkpoint failed: %s", exc)
             group = self._next_group()
             while group:
                 try:

@@ -204,6 +204,14 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     CREATE INDEX alarms_gateway ON alarms (gateway_id, started_ms);
     CREATE INDEX claims_alarm ON claims (alarm_id);
     """,
+    """
+    CREATE TABLE detector_checkpoint (
+        id             INTEGER PRIMARY KEY CHECK (id = 1),
+        readings_rowid INTEGER NOT NULL,
+        taken_ms       INTEGER NOT NULL,
+        state          BLOB NOT NULL
+    );
+    """,
 )
 
 ROLLUP_BUCKET_MS: Final = 5 * 60 * 1000
@@ -384,13 +392,38 @@ class IngestWriter:
             return self._alarms.apply(conn, findings, now_ms) + self._alarms.escalate_due(conn, now_ms)
 
     def recent_readings(self, since_ms: int) -> Iterator[tuple[str, Reading]]:
-        """Readings newer than ``since_ms`` in time order, to warm detectors up after a start."""
+        """Readings newer than ``since_ms`` in time order (warm-up when there is no checkpoint)."""
         for gateway_id, sensor_id, quantity, ts_ms, value, quality in self._conn.execute(
             "SELECT gateway_id, sensor_id, quantity, ts_ms, value, quality FROM readings WHERE ts_ms > ?"
             " ORDER BY ts_ms",
             (since_ms,),
         ):
             yield gateway_id, Reading(sensor_id, Quantity(quantity), ts_ms, value, Quality(quality))
+
+    def readings_after(self, rowid: int) -> Iterator[tuple[str, Reading]]:
+        """Readings committed after row ``rowid``, in commit order: exactly what detectors saw next."""
+        for gateway_id, sensor_id, quantity, ts_ms, value, quality in self._conn.execute(
+            "SELECT gateway_id, sensor_id, quantity, ts_ms, value, quality FROM readings WHERE rowid > ?"
+            " ORDER BY rowid",
+            (rowid,),
+        ):
+            yield gateway_id, Reading(sensor_id, Quantity(quantity), ts_ms, value, Quality(quality))
+
+    def save_checkpoint(self, state: bytes, now_ms: int) -> int:
+        """Store the detectors' state as of the last committed reading; return that reading's rowid."""
+        with self.transaction() as conn:
+            (rowid,) = conn.execute("SELECT coalesce(max(rowid), 0) FROM readings").fetchone()
+            conn.execute(
+                "INSERT INTO detector_checkpoint VALUES (1, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET"
+                " readings_rowid = excluded.readings_rowid, taken_ms = excluded.taken_ms, state = excluded.state",
+                (rowid, now_ms, state),
+            )
+        return int(rowid)
+
+    def load_checkpoint(self) -> tuple[int, bytes] | None:
+        """The last detector checkpoint (readings rowid, state), if any."""
+        row = self._conn.execute("SELECT readings_rowid, state FROM detector_checkpoint WHERE id = 1").fetchone()
+        return None if row is None else (int(row[0]), bytes(row[1]))
 
     def _write_batches(self, batches: Sequence[TelemetryBatch], now_ms: int) -> None:
         conn = self._conn

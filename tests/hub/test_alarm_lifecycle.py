@@ -219,3 +219,18 @@ def test_a_normal_cold_room_day_gives_no_alarm(hub: Hub) -> None:
     values = [2.0 + 0.3 * math.sin(i / 40) for i in range(8640)]  # 24 h every 10 s, gently cycling 1.7..2.3 °C
     hub.temperatures("gw-reefer", "reefer-rear", 0, values)
     assert hub.rows("SELECT kind, severity FROM alarms") == []
+
+
+def test_a_restart_resumes_the_detectors_from_their_checkpoint_and_replays_only_what_came_after(hub: Hub) -> None:
+    hub.order("order-a", CASE_A)
+    hub.handover("gw-reefer", CASE_A, TagAction.PICKUP, at_s=-600)
+    hub.temperatures("gw-reefer", "reefer-rear", 0, [2.0] * 60 + [9.0] * 300)  # an excursion under way
+    hub.pipeline.checkpoint()
+    hub.temperatures("gw-reefer", "reefer-rear", 3600, [9.0] * 60)  # 60 more readings after it
+    hub.start()  # restart on the same store
+    assert hub.pipeline.warmup_readings == 60  # not the whole history
+    hub.temperatures("gw-reefer", "reefer-rear", 4200, [9.0] * 60 + [2.0] * 60)  # the excursion ends
+    assert hub.rows("SELECT kind, severity, state FROM alarms WHERE kind = 'out_of_range'") == [
+        ("out_of_range", "critical", "closed")
+    ]
+    assert hub.rows("SELECT order_id FROM claims") == [("order-a",)]
