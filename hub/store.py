@@ -683,12 +683,6 @@ class ReadStore:
             ).fetchone()
         return CommandRow(*row) if row else None
 
-    def health(self, gateway_id: str) -> bytes | None:
-        """The gateway's newest health report, as received."""
-        with self._connection() as conn:
-            row = conn.execute("SELECT body FROM gateway_health WHERE gateway_id = ?", (gateway_id,)).fetchone()
-        return bytes(row[0]) if row else None
-
     def _rows(self, query: str, params: tuple[object, ...] = ()) -> list[dict[str, Any]]:
         with self._connection() as conn:
             cursor = conn.execute(query, params)
@@ -726,10 +720,6 @@ class ReadStore:
             (order_id,),
         )
         return {**rows[0], "items": items, "claims": claims}
-
-    def claims(self) -> list[dict[str, Any]]:
-        """Every claim, oldest first."""
-        return self._rows("SELECT * FROM claims ORDER BY created_ms")
 
     def investigation(self, claim_id: str) -> dict[str, Any] | None:
         """The investigation of a claim with its evidence, exportable as JSON."""
