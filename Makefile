@@ -5,8 +5,10 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-from-lock
-# Debian packages the integration tests start: the broker, and the browser that loads the widget.
-SYSTEM_PACKAGES := mosquitto chromium
+# Debian packages the integration tests start, each as package=file-that-shows-it-is-installed: the broker,
+# the browser that loads the widget, the time-series store and PostgreSQL's server binaries.
+SYSTEM_PACKAGES := mosquitto=/usr/sbin/mosquitto chromium=/usr/bin/chromium \
+	victoria-metrics=/usr/bin/victoria-metrics postgresql=/usr/lib/postgresql/*/bin/initdb
 
 .PHONY: demo test check lint format typecheck pytest system-deps lock clean bench bench-ingest bench-agent
 
@@ -39,7 +41,8 @@ pytest: $(STAMP)
 
 # As root this installs what is missing; otherwise it names the packages and stops.
 system-deps:
-	@missing=""; for p in $(SYSTEM_PACKAGES); do command -v $$p >/dev/null 2>&1 || test -x /usr/sbin/$$p || missing="$$missing $$p"; done; \
+	@missing=""; for entry in $(SYSTEM_PACKAGES); do \
+	  ls $${entry#*=} >/dev/null 2>&1 || missing="$$missing $${entry%%=*}"; done; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
 	    echo "installing system packages:$$missing"; \
