@@ -39,10 +39,28 @@ def _make_token(args: argparse.Namespace) -> int:
     return 0
 
 
+def _migrate_store(args: argparse.Namespace) -> int:
+    from hub.config import load_hub_config  # noqa: PLC0415
+    from hub.db import Database  # noqa: PLC0415
+
+    database = Database(load_hub_config(args.config).store.database_url())
+    try:
+        revision = database.upgrade()
+    finally:
+        database.dispose()
+    print(f"{database.display_url}: schema at revision {revision}")
+    return 0
+
+
 def _verify_audit(args: argparse.Namespace) -> int:
     from hub.audit import verify_chain  # noqa: PLC0415
 
-    report = verify_chain(args.db)
+    target: Path | str = args.db
+    if args.config is not None:
+        from hub.config import load_hub_config  # noqa: PLC0415
+
+        target = load_hub_config(args.config).store.database_url()
+    report = verify_chain(target)
     if report.ok:
         print(f"audit chain intact: {report.entries} entries")
         return 0
@@ -70,6 +88,39 @@ def _run_demo(args: argparse.Namespace) -> int:
     return run_demo(broker_url=args.broker, api_port=args.api_port, duration_s=args.duration)
 
 
+def _grafana_build(args: argparse.Namespace) -> int:
+    from hub.grafana.files import write  # noqa: PLC0415
+
+    changed = write(args.out)
+    print(f"{args.out}: {len(changed)} file(s) written" if changed else f"{args.out}: up to date")
+    return 0
+
+
+def _grafana_check(args: argparse.Namespace) -> int:
+    from hub.grafana.files import drift  # noqa: PLC0415
+
+    problems = drift(args.dir)
+    for problem in problems:
+        print(problem, file=sys.stderr)
+    if problems:
+        print("regenerate with: coldchain grafana build", file=sys.stderr)
+        return 1
+    print(f"{args.dir}: matches hub/grafana")
+    return 0
+
+
+def _grafana_push(args: argparse.Namespace) -> int:
+    import os  # noqa: PLC0415
+
+    from hub.grafana.push import push  # noqa: PLC0415
+
+    # The environment is the better place: a --token argument is visible in the process list.
+    token = args.token or os.environ.get("GRAFANA_TOKEN", "")
+    for result in push(args.url, token, args.dir, resend_secrets=args.resend_secrets):
+        print(result)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser (exposed for tests and shell completion)."""
     parser = argparse.ArgumentParser(prog="coldchain", description=__doc__.splitlines()[0] if __doc__ else None)
@@ -93,13 +144,18 @@ def build_parser() -> argparse.ArgumentParser:
     hub_token.add_argument(
         "--scope",
         action="append",
-        choices=["read", "command", "staff", "orders"],
+        choices=["read", "command", "staff", "orders", "metrics"],
         default=None,
         help="repeatable; default read",
     )
     hub_token.set_defaults(handler=_make_token)
+    hub_migrate = hub.add_parser("migrate", help="bring the configured store's schema up to date, then exit")
+    hub_migrate.add_argument("--config", type=Path, required=True)
+    hub_migrate.set_defaults(handler=_migrate_store)
     hub_audit = hub.add_parser("audit-verify", help="check the hash chain of the audit log; exit 1 if broken")
-    hub_audit.add_argument("--db", type=Path, required=True, help="the hub's SQLite store")
+    audit_source = hub_audit.add_mutually_exclusive_group(required=True)
+    audit_source.add_argument("--db", type=Path, help="a SQLite store file (opened read-only)")
+    audit_source.add_argument("--config", type=Path, help="the hub config whose [store] to verify")
     hub_audit.set_defaults(handler=_verify_audit)
 
     receiver = commands.add_parser("receiver", help="the reference claim receiver a shop platform would run")
@@ -111,6 +167,24 @@ def build_parser() -> argparse.ArgumentParser:
     agent = commands.add_parser("agent", help="the gateway agent")
     agent.add_argument("--config", type=Path, required=True)
     agent.set_defaults(handler=_run_agent)
+
+    grafana = commands.add_parser("grafana", help="Grafana boards as code: build, check, push").add_subparsers(
+        dest="grafana_command", required=True
+    )
+    grafana_build = grafana.add_parser("build", help="write the boards' JSON and the provisioning files")
+    grafana_build.add_argument("--out", type=Path, default=Path("grafana"))
+    grafana_build.set_defaults(handler=_grafana_build)
+    grafana_check = grafana.add_parser("check", help="exit 1 if the committed files differ from what the code makes")
+    grafana_check.add_argument("--dir", type=Path, default=Path("grafana"))
+    grafana_check.set_defaults(handler=_grafana_check)
+    grafana_push = grafana.add_parser("push", help="create or update folder, datasources and boards in a Grafana")
+    grafana_push.add_argument("--url", required=True, help="Grafana's base URL, e.g. http://127.0.0.1:3000")
+    grafana_push.add_argument("--token", help="service account token (default: $GRAFANA_TOKEN)")
+    grafana_push.add_argument("--dir", type=Path, default=Path("grafana"))
+    grafana_push.add_argument(
+        "--resend-secrets", action="store_true", help="send datasource secrets even if Grafana has them (rotation)"
+    )
+    grafana_push.set_defaults(handler=_grafana_push)
 
     sim = commands.add_parser("sim", help="simulated devices on pseudo-terminals")
     from firmware_sims.cli import add_sim_commands  # noqa: PLC0415

@@ -339,6 +339,12 @@ def _print_live(hub: HubRuntime, receiver_url: str, stop: threading.Event, durat
 
 def _print_events(hub: HubRuntime, receiver_url: str, seen: set[tuple[str, str, str]]) -> None:
     """Alarm changes and paid claims, each printed once, as they happen."""
+    try:
+        # Claims first, alarms second: a claim is paid only after its alarm closed, so the closing
+        # is already in the store when the alarms are read and always prints before the claim.
+        accepted = httpx.get(f"{receiver_url}/claims", timeout=2).json()
+    except httpx.HTTPError:
+        accepted = []
     for alarm in reversed(hub.read_store.alarms()):
         if alarm["kind"] not in ("out_of_range", "rate_of_change"):
             continue
@@ -351,10 +357,6 @@ def _print_events(hub: HubRuntime, receiver_url: str, seen: set[tuple[str, str, 
                 f" {alarm['gateway_id']}/{alarm['sensor_id']} ({peak:.1f} °C)",
                 flush=True,
             )
-    try:
-        accepted = httpx.get(f"{receiver_url}/claims", timeout=2).json()
-    except httpx.HTTPError:
-        return
     for claim in accepted:
         body = claim.get("body", claim)
         key = ("claim", str(body.get("claim_id")), "")

@@ -11,17 +11,21 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, TypeVar, cast
 
 import msgspec
-from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request, status
+from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request, Response, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from prometheus_client import CollectorRegistry
 from pydantic import BaseModel, Field
 
 import coldchain
 from coldchain.messages import Command, ConfigChange
 from coldchain.topics import GATEWAY_ID_CHARS
+from hub import orders
 from hub.alarms import AlarmError
 from hub.config import ApiToken
+from hub.db import StoreError
 from hub.ingest import IngestPipeline
-from hub.store import IngestWriter, ReadStore, StoreError
+from hub.metrics import exposition
+from hub.store import IngestWriter, ReadStore
 from hub.traceability import keys
 from hub.traceability.epcis import query_events, trail_document
 from hub.traceability.public import PublicService
@@ -94,6 +98,31 @@ class TokenChecker:
         raise HTTPException(
             status.HTTP_401_UNAUTHORIZED, "a valid bearer token is required", headers={"WWW-Authenticate": "Bearer"}
         )
+
+
+class ScopeOnlyChecker:
+    """Like ``TokenChecker``, but a known token without ``scope`` gets 403, not 401 (for ``/metrics``: a
+    scraper configured with the wrong token should be told it is the wrong one, not that it is unknown)."""
+
+    def __init__(self, tokens: Sequence[ApiToken], scope: str) -> None:
+        self._scoped = TokenChecker(tokens, scope)
+        self._known = [bytes.fromhex(t.sha256) for t in tokens]
+        self._scope = scope
+
+    def __call__(
+        self, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(HTTPBearer(auto_error=False))]
+    ) -> None:
+        try:
+            self._scoped.actor(credentials)
+        except HTTPException:
+            if credentials is not None:
+                digest = hashlib.sha256(credentials.credentials.encode()).digest()
+                # Every hash is compared (a list, not a short-circuiting any()) so timing tells nothing.
+                if any([hmac.compare_digest(digest, known) for known in self._known]):  # noqa: C419
+                    raise HTTPException(
+                        status.HTTP_403_FORBIDDEN, f"this token lacks the {self._scope!r} scope"
+                    ) from None
+            raise
 
 
 class CommandRequest(BaseModel):
@@ -229,10 +258,13 @@ def create_app(
     ingest_counters: Callable[[], dict[str, int]],
     send_command: Callable[[Command], None],
     pipeline: IngestPipeline | None = None,
+    metrics: CollectorRegistry | None = None,
 ) -> FastAPI:
-    """Build the API; every ``/api/v1`` route needs a bearer token with the ``read`` scope."""
+    """Build the API; every ``/api/v1`` route needs a bearer token with the ``read`` scope, and ``/metrics``
+    (served only when ``metrics`` is given: the hub's registry, see ``hub.metrics``) one with ``metrics``."""
     app = FastAPI(title="coldchain hub", version=coldchain.__version__)
     app.state.store = store
+    app.state.metrics = metrics
     app.state.reader = TokenChecker(tokens, "read")
     read_scope = [Depends(app.state.reader)]
     command_scope = [Depends(TokenChecker(tokens, "command"))]
@@ -320,7 +352,19 @@ def create_app(
         )
 
     _add_alarm_and_order_routes(app, tokens, pipeline)
+    if metrics is not None:
+        _add_metrics_route(app, tokens, metrics)
     return app
+
+
+def _add_metrics_route(app: FastAPI, tokens: Sequence[ApiToken], registry: CollectorRegistry) -> None:
+    """``GET /metrics`` for Prometheus-compatible scrapers (scope ``metrics``; docs/metrics.md)."""
+
+    # A plain def: collecting may query the store, so it runs in the thread pool, not on the event loop.
+    @app.get("/metrics", dependencies=[Depends(ScopeOnlyChecker(tokens, "metrics"))], tags=["operations"])
+    def metrics(request: Request) -> Response:
+        body, content_type = exposition(registry, request.headers.get("accept"))
+        return Response(body, media_type=content_type)
 
 
 def _writer(pipeline: IngestPipeline | None) -> Callable[[Callable[[IngestWriter, int], T]], T]:
@@ -395,19 +439,15 @@ def _add_order_routes(app: FastAPI, orders_scope: list[Any], write: Write) -> No
     def create_order(body: OrderIn, store: StoreDep) -> Order:
         def act(writer: IngestWriter, now_ms: int) -> bool:
             with writer.transaction() as conn:
-                created = (
-                    conn.execute(
-                        "INSERT OR IGNORE INTO orders (order_id, buyer_ref, product, lot_id, status, created_ms)"
-                        " VALUES (?, ?, ?, ?, 'active', ?)",
-                        (body.order_id, body.buyer_ref, body.product, body.lot_id, now_ms),
-                    ).rowcount
-                    == 1
+                return orders.create_order(
+                    conn,
+                    order_id=body.order_id,
+                    buyer_ref=body.buyer_ref,
+                    product=body.product,
+                    lot_id=body.lot_id,
+                    items=body.items,
+                    now_ms=now_ms,
                 )
-                if created:
-                    conn.executemany(
-                        "INSERT OR IGNORE INTO order_items VALUES (?, ?)", [(body.order_id, e) for e in body.items]
-                    )
-                return created
 
         if not write(act):
             existing = store.order(body.order_id)
@@ -419,11 +459,9 @@ def _add_order_routes(app: FastAPI, orders_scope: list[Any], write: Write) -> No
 
     @app.post("/api/v1/orders/{order_id}/cancel", dependencies=orders_scope, tags=["orders"])
     def cancel_order(order_id: str, store: StoreDep) -> Order:
-        def act(writer: IngestWriter, now_ms: int) -> int:
+        def act(writer: IngestWriter, now_ms: int) -> bool:
             with writer.transaction() as conn:
-                cancelled = conn.execute(
-                    "UPDATE orders SET status = 'cancelled' WHERE order_id = ? AND status = 'active'", (order_id,)
-                ).rowcount
+                cancelled = orders.cancel_order(conn, order_id)
                 keys.revoke_all(conn, order_id, now_ms=now_ms)
                 return cancelled
 
@@ -463,13 +501,8 @@ def _add_order_routes(app: FastAPI, orders_scope: list[Any], write: Write) -> No
     def create_lot(body: LotIn) -> dict[str, object]:
         def act(writer: IngestWriter, now_ms: int) -> None:
             with writer.transaction() as conn:
-                conn.execute(
-                    "INSERT INTO lots (lot_id, gtin, product, created_ms) VALUES (?, ?, ?, ?)"
-                    " ON CONFLICT (lot_id) DO UPDATE SET gtin = excluded.gtin, product = excluded.product",
-                    (body.lot_id, body.gtin, body.product, now_ms),
-                )
-                conn.executemany(
-                    "INSERT OR IGNORE INTO lot_items VALUES (?, ?)", [(body.lot_id, epc) for epc in body.items]
+                orders.upsert_lot(
+                    conn, lot_id=body.lot_id, gtin=body.gtin, product=body.product, items=body.items, now_ms=now_ms
                 )
 
         write(act)
@@ -492,7 +525,7 @@ def _add_epcis_routes(app: FastAPI) -> None:
         public: PublicService = request.app.state.public
         with public.connection() as conn:
             if lot is not None:
-                items = [e for (e,) in conn.execute("SELECT epc FROM lot_items WHERE lot_id = ?", (lot,))]
+                items = orders.lot_items(conn, lot)
             elif epc is not None:
                 items = [epc]
             else:

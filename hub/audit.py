@@ -21,40 +21,19 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sqlite3
 from collections.abc import Mapping
-from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
+from sqlalchemy import Connection, inspect, text
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+
 from coldchain.errors import ColdchainError
+from hub.db import Database, StoreError
 
 GENESIS_HASH: Final = "0" * 64
 """The ``prev_hash`` of the first entry: there is nothing before it."""
-
-AUDIT_DDL: Final = """
-CREATE TABLE IF NOT EXISTS audit (
-    id        INTEGER PRIMARY KEY,
-    ts_ms     INTEGER NOT NULL,
-    entity    TEXT NOT NULL,
-    entity_id TEXT NOT NULL,
-    action    TEXT NOT NULL,
-    actor     TEXT NOT NULL,
-    data      BLOB NOT NULL,
-    prev_hash TEXT NOT NULL UNIQUE,
-    hash      TEXT NOT NULL UNIQUE
-);
-CREATE INDEX IF NOT EXISTS audit_entity ON audit (entity, entity_id, id);
-CREATE TRIGGER IF NOT EXISTS audit_no_update BEFORE UPDATE ON audit
-BEGIN
-    SELECT RAISE(ABORT, 'audit is append-only: UPDATE refused');
-END;
-CREATE TRIGGER IF NOT EXISTS audit_no_delete BEFORE DELETE ON audit
-BEGIN
-    SELECT RAISE(ABORT, 'audit is append-only: DELETE refused');
-END;
-"""
 
 
 class AuditError(ColdchainError):
@@ -100,7 +79,7 @@ def entry_hash(
 
 
 def append(
-    conn: sqlite3.Connection,
+    conn: Connection,
     *,
     entity: str,
     entity_id: str,
@@ -115,7 +94,7 @@ def append(
     same head fails on the primary key (or on the unique ``prev_hash``) instead of forking the chain.
     """
     body = canonical_json(dict(data))
-    last = conn.execute("SELECT id, hash FROM audit ORDER BY id DESC LIMIT 1").fetchone()
+    last = conn.execute(text("SELECT id, hash FROM audit ORDER BY id DESC LIMIT 1")).first()
     entry_id, prev_hash = (1, GENESIS_HASH) if last is None else (int(last[0]) + 1, str(last[1]))
     digest = entry_hash(
         prev_hash,
@@ -129,50 +108,83 @@ def append(
     )
     try:
         conn.execute(
-            "INSERT INTO audit (id, ts_ms, entity, entity_id, action, actor, data, prev_hash, hash)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (entry_id, ts_ms, entity, entity_id, action, actor, body, prev_hash, digest),
+            text(
+                "INSERT INTO audit (id, ts_ms, entity, entity_id, action, actor, data, prev_hash, hash)"
+                " VALUES (:id, :ts_ms, :entity, :entity_id, :action, :actor, :data, :prev_hash, :hash)"
+            ),
+            {
+                "id": entry_id,
+                "ts_ms": ts_ms,
+                "entity": entity,
+                "entity_id": entity_id,
+                "action": action,
+                "actor": actor,
+                "data": body,
+                "prev_hash": prev_hash,
+                "hash": digest,
+            },
         )
-    except sqlite3.IntegrityError as exc:
+    except IntegrityError as exc:
         raise AuditError(f"audit entry {entry_id} was appended concurrently; retry the transaction") from exc
     return digest
 
 
-def head(conn: sqlite3.Connection) -> tuple[int, str] | None:
+def head(conn: Connection) -> tuple[int, str] | None:
     """The newest entry's id and hash: the anchor to record outside the database."""
-    row = conn.execute("SELECT id, hash FROM audit ORDER BY id DESC LIMIT 1").fetchone()
+    row = conn.execute(text("SELECT id, hash FROM audit ORDER BY id DESC LIMIT 1")).first()
     return None if row is None else (int(row[0]), str(row[1]))
 
 
-def verify_chain(path: Path, *, anchor: tuple[int, str] | None = None) -> ChainReport:
-    """Re-walk the whole chain in ``path`` (opened read-only) and report the first entry that breaks it.
+def verify_chain(target: Database | Path | str, *, anchor: tuple[int, str] | None = None) -> ChainReport:
+    """Re-walk the whole chain in ``target`` (a SQLite file is opened read-only) and report the first
+    entry that breaks it.
 
     Checks, in id order: ids without gaps from 1, each ``prev_hash`` equal to the previous ``hash``,
     and each ``hash`` recomputed from the entry. With ``anchor`` (an earlier :func:`head`), the
     entry with that id must still exist and still have that hash.
     """
-    uri = f"{Path(path).resolve().as_uri()}?mode=ro"
     try:
-        conn = sqlite3.connect(uri, uri=True)
-    except sqlite3.OperationalError as exc:
-        return ChainReport(ok=False, entries=0, first_bad_id=None, reason=f"cannot open {path}: {exc}")
-    with closing(conn):
-        try:
-            (count,) = conn.execute("SELECT COUNT(*) FROM audit").fetchone()
-        except sqlite3.OperationalError as exc:
-            return ChainReport(ok=False, entries=0, first_bad_id=None, reason=f"no audit table: {exc}")
-        rows = conn.execute(
-            "SELECT id, ts_ms, entity, entity_id, action, actor, data, prev_hash, hash FROM audit ORDER BY id"
-        )
-        expected_id, prev_hash = 1, GENESIS_HASH
-        anchor_seen = False
-        for row in rows:
-            entry_id = int(row[0])
-            reason = _entry_fault(row, expected_id, prev_hash, anchor)
-            if reason is not None:
-                return ChainReport(ok=False, entries=count, first_bad_id=entry_id, reason=reason)
-            anchor_seen = anchor_seen or (anchor is not None and entry_id == anchor[0])
-            expected_id, prev_hash = entry_id + 1, str(row[8])
+        database = _read_only(target)
+    except StoreError as exc:
+        return ChainReport(ok=False, entries=0, first_bad_id=None, reason=str(exc))
+    try:
+        with database.engine.connect() as conn:
+            if not inspect(conn).has_table("audit"):
+                return ChainReport(ok=False, entries=0, first_bad_id=None, reason="no audit table in this database")
+            return _walk(conn, anchor)
+    except SQLAlchemyError as exc:
+        reason = f"cannot read the audit log of {database.display_url}: {exc}"
+        return ChainReport(ok=False, entries=0, first_bad_id=None, reason=reason)
+    finally:
+        database.dispose()
+
+
+def _read_only(target: Database | Path | str) -> Database:
+    """A SQLite file opened read-only (verifying never creates or changes one), or the database as given."""
+    if isinstance(target, Database):
+        return target
+    if isinstance(target, Path) or "://" not in target:
+        path = Path(target).resolve()
+        if not path.is_file():
+            raise StoreError(f"cannot open {target}: no such file")
+        return Database(f"sqlite:///file:{path}?mode=ro&uri=true")
+    return Database(target)
+
+
+def _walk(conn: Connection, anchor: tuple[int, str] | None) -> ChainReport:
+    count = int(conn.execute(text("SELECT COUNT(*) FROM audit")).scalar_one())
+    rows = conn.execute(
+        text("SELECT id, ts_ms, entity, entity_id, action, actor, data, prev_hash, hash FROM audit ORDER BY id")
+    )
+    expected_id, prev_hash = 1, GENESIS_HASH
+    anchor_seen = False
+    for row in rows:
+        entry_id = int(row[0])
+        reason = _entry_fault(tuple(row), expected_id, prev_hash, anchor)
+        if reason is not None:
+            return ChainReport(ok=False, entries=count, first_bad_id=entry_id, reason=reason)
+        anchor_seen = anchor_seen or (anchor is not None and entry_id == anchor[0])
+        expected_id, prev_hash = entry_id + 1, str(row[8])
     head_hash = prev_hash if count else None
     if anchor is not None and not anchor_seen:
         reason = f"anchored entry {anchor[0]} is missing: the newest entries were removed"

@@ -6,17 +6,22 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import msgspec
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
-from coldchain.config import load_toml
+from coldchain.config import load_toml, resolve_secret
 from coldchain.errors import ConfigError
 from coldchain.mqtt import MqttConfig
 from hub.alarms import AlarmSettings
+from hub.db import sqlite_url
 from hub.ingest import IngestConfig
 from hub.notify import Endpoint
+from hub.series_export import SeriesConfig
 from hub.traceability.model import NodeInfo
 from hub.traceability.settings import PublicSettings
 
-Scope = Literal["read", "command", "staff", "orders"]
+Scope = Literal["read", "command", "staff", "orders", "metrics"]
+"""What a token may do; ``metrics`` reads only ``GET /metrics``, so a scraper's token can read nothing else."""
 
 
 class ApiToken(msgspec.Struct, forbid_unknown_fields=True):
@@ -35,10 +40,46 @@ class ApiConfig(msgspec.Struct, forbid_unknown_fields=True):
     tokens: list[ApiToken] = msgspec.field(default_factory=list)
 
 
-class StoreConfig(msgspec.Struct, forbid_unknown_fields=True):
-    """Where the system of record lives."""
+DEFAULT_SQLITE_PATH = "var/hub.sqlite3"
+"""The embedded default: a SQLite file beside the hub."""
 
-    path: str = "var/hub.sqlite3"
+
+class StoreConfig(msgspec.Struct, forbid_unknown_fields=True):
+    """Where the system of record lives: a SQLite file (the embedded default) or a database URL."""
+
+    path: str | None = None
+    """A SQLite file (``var/hub.sqlite3`` when neither ``path`` nor ``url`` is given)."""
+    url: str | None = None
+    """``postgresql://coldchain@db.example:5432/coldchain`` or ``sqlite:///var/hub.sqlite3``; no password in it."""
+    password_file: str | None = None
+    """The database password, read from this file (or from ``password_env``) and added to ``url``."""
+    password_env: str | None = None
+    migrate_on_start: bool = True
+    """Apply pending migrations when the hub starts; turn off to run ``coldchain hub migrate`` yourself."""
+
+    def database_url(self, *, allow_placeholder: bool = False) -> str:
+        """The URL to connect with, password included; never log it (``Database.display_url`` masks it)."""
+        if self.path is not None and self.url is not None:
+            raise ConfigError("[store] give path (SQLite) or url, not both")
+        if self.url is None:
+            if self.password_file or self.password_env:
+                raise ConfigError("[store] a password needs a url: a SQLite file has none")
+            return sqlite_url(self.path or DEFAULT_SQLITE_PATH)
+        try:
+            url = make_url(self.url)
+        except ArgumentError as exc:
+            raise ConfigError(f"[store] url is not a database URL: {exc}") from None
+        if url.password is not None:
+            raise ConfigError("[store] url must not hold a password: use password_file or password_env")
+        if self.password_file or self.password_env:
+            password = resolve_secret(
+                name="database password",
+                file=self.password_file,
+                env=self.password_env,
+                allow_placeholder=allow_placeholder,
+            )
+            url = url.set(password=password)
+        return url.render_as_string(hide_password=False)
 
 
 class HubConfig(msgspec.Struct, forbid_unknown_fields=True):
@@ -57,6 +98,8 @@ class HubConfig(msgspec.Struct, forbid_unknown_fields=True):
     public: PublicSettings = msgspec.field(default_factory=PublicSettings)
     nodes: list[NodeInfo] = msgspec.field(default_factory=list)
     """What each gateway's node is (kind, names, GLN, city) for trails, EPCIS and the widget."""
+    series: SeriesConfig = msgspec.field(default_factory=SeriesConfig)
+    """Raw series out to VictoriaMetrics / InfluxDB (docs/series-export.md); off without ``url``."""
 
 
 def load_hub_config(path: Path) -> HubConfig:

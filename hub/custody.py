@@ -9,8 +9,9 @@ name their items by EPC URI or raw EPC hex.
 
 from __future__ import annotations
 
-import sqlite3
 from dataclasses import dataclass
+
+from sqlalchemy import Connection, bindparam, text
 
 OPEN_END_MS = 2**62
 """An interval still open (the item has not left) ends 'never'."""
@@ -26,21 +27,21 @@ class Stay:
     end_ms: int
 
 
-def stays_of(conn: sqlite3.Connection, epcs: list[str]) -> list[Stay]:
+_STAYS_QUERY = text(
+    "SELECT epc_uri, epc_hex, gateway_id, ts_ms, action FROM tag_reads"
+    " WHERE epc_uri IN :epcs OR epc_hex IN :epcs ORDER BY ts_ms"
+).bindparams(bindparam("epcs", expanding=True))
+
+
+def stays_of(conn: Connection, epcs: list[str]) -> list[Stay]:
     """Every stay of the items ``epcs`` (URIs or hex), from the tag reads, oldest first."""
     if not epcs:
         return []
-    marks = ",".join("?" * len(epcs))
-    # Only '?' marks are formatted in; the EPCs travel as parameters.
-    query = f"SELECT coalesce(epc_uri, epc_hex), epc_uri, epc_hex, gateway_id, ts_ms, action FROM tag_reads WHERE epc_uri IN ({marks}) OR epc_hex IN ({marks}) ORDER BY ts_ms"  # noqa: S608, E501
-    rows = conn.execute(
-        query,
-        (*epcs, *epcs),
-    ).fetchall()
+    rows = conn.execute(_STAYS_QUERY, {"epcs": epcs}).all()
     wanted = set(epcs)
     stays: list[Stay] = []
     current: dict[str, tuple[str, int]] = {}  # item -> (gateway, since)
-    for _, uri, hexa, gateway_id, ts_ms, action in rows:
+    for uri, hexa, gateway_id, ts_ms, action in rows:
         item = uri if uri in wanted else hexa
         here = current.get(item)
         if here is not None and (here[0] != gateway_id or action == "delivery"):
@@ -53,11 +54,14 @@ def stays_of(conn: sqlite3.Connection, epcs: list[str]) -> list[Stay]:
     return sorted(stays, key=lambda s: s.start_ms)
 
 
-def orders_affected(conn: sqlite3.Connection, gateway_id: str, start_ms: int, end_ms: int) -> list[str]:
+def orders_affected(conn: Connection, gateway_id: str, start_ms: int, end_ms: int) -> list[str]:
     """Active orders with an item in the custody of ``gateway_id`` at some time in ``[start_ms, end_ms]``."""
     rows = conn.execute(
-        "SELECT o.order_id, i.epc FROM orders o JOIN order_items i USING (order_id) WHERE o.status = 'active'"
-    ).fetchall()
+        text(
+            "SELECT o.order_id, i.epc FROM orders o JOIN order_items i ON i.order_id = o.order_id"
+            " WHERE o.status = 'active'"
+        )
+    ).all()
     items_by_order: dict[str, list[str]] = {}
     for order_id, epc in rows:
         items_by_order.setdefault(order_id, []).append(epc)

@@ -16,7 +16,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Final, TypeVar, cast
+from typing import Any, Final, Protocol, TypeVar, cast
 
 import msgspec
 import paho.mqtt.client as paho
@@ -41,10 +41,11 @@ from coldchain.messages import (
 )
 from coldchain.mqtt import MqttConfig, configure_client
 from hub.alarms import AlarmChange
+from hub.db import StoreError
 from hub.detectors.base import Finding, SeriesKey
 from hub.detectors.detector_set import DetectorSet
 from hub.ledger import DeliveryLedger
-from hub.store import IngestWriter, Rejection, SideMessage, StoreError
+from hub.store import IngestWriter, Rejection, SideMessage
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -61,9 +62,9 @@ DETECTOR_WARMUP_S: Final = 24 * 3600.0
 CHECKPOINT_INTERVAL_S: Final = 60.0
 """Detector state is saved this often, so a restart replays about a minute of readings, not a day."""
 COMMIT_RETRY_S: Final = 1.0
+"""Pause before retrying a failed commit (disk full, locked): the group is kept, never dropped."""
 TICK_INTERVAL_S: Final = 5.0
 """How often silence and escalations are checked: far finer than their minutes-long thresholds."""
-"""Pause before retrying a failed commit (disk full, locked): the group is kept, never dropped."""
 RECONNECT_MIN_S: Final = 1
 RECONNECT_MAX_S: Final = 30
 SESSION_SUBSCRIPTIONS: Final = (
@@ -105,6 +106,15 @@ class Inbound:
     """Which broker connection delivered it: a mid is only meaningful on that connection."""
 
 
+@dataclass(frozen=True)
+class IngestBacklog:
+    """Messages taken off the broker and not yet committed, as ``MqttIngest.backlog`` saw them."""
+
+    messages: int
+    oldest_received_ms: int | None
+    """When the oldest of them arrived (wall clock, ms); None when there are none."""
+
+
 class IngestStats:
     """Counters of the pipeline, readable from any thread."""
 
@@ -123,6 +133,26 @@ class IngestStats:
             return dict(self._counts)
 
 
+class PipelineTimings(Protocol):
+    """Receives how long the pipeline's work took (``hub.metrics`` feeds Prometheus histograms from it)."""
+
+    def observe_commit(self, seconds: float) -> None:
+        """One commit group took ``seconds`` of wall time, from decoding to the committed write."""
+
+    def observe_detectors(self, seconds: float) -> None:
+        """The detectors took ``seconds`` on one commit group."""
+
+
+class _NoTimings:
+    """The default: timings are discarded, so the pipeline runs without any metrics library."""
+
+    def observe_commit(self, seconds: float) -> None:
+        """Discard ``seconds``."""
+
+    def observe_detectors(self, seconds: float) -> None:
+        """Discard ``seconds``."""
+
+
 class IngestPipeline:
     """Validate, deduplicate and commit groups of messages; return receipts to publish."""
 
@@ -134,8 +164,10 @@ class IngestPipeline:
         stats: IngestStats | None = None,
         wall_clock: Callable[[], float] = time.time,
         detectors: Callable[[], DetectorSet] | None = None,
+        timings: PipelineTimings | None = None,
     ) -> None:
         self._writer = writer
+        self._timings: PipelineTimings = timings if timings is not None else _NoTimings()
         self._ledger = DeliveryLedger(writer.load_cursors())
         self._make_detectors = detectors
         self._max_payload_bytes = max_payload_bytes
@@ -147,9 +179,16 @@ class IngestPipeline:
         self._detectors = self._warm_detectors()
         self.after_alarm_changes: Callable[[Sequence[AlarmChange]], None] | None = None
         """Called after a commit that changed alarms (the hub wakes its outbox dispatcher)."""
+        self.before_commit: Callable[[], object] | None = None
+        """Called before each group, outside any transaction; may block. The series exporter's ``admit``
+        waits here while the export lag is over its limit, so the broker holds the messages and the
+        gateways keep their batches instead of anything being dropped."""
 
     def process(self, group: Sequence[Inbound]) -> list[Receipt]:
         """Commit ``group`` atomically; raise ``StoreError`` (nothing changed) if the commit fails."""
+        if self.before_commit is not None:
+            self.before_commit()
+        started = time.perf_counter()
         batches: list[TelemetryBatch] = []
         side_messages: list[SideMessage] = []
         rejections: list[Rejection] = []
@@ -169,7 +208,10 @@ class IngestPipeline:
                 side_messages.append(parsed)
         plan = self._ledger.plan(batches)
         now_ms = int(self._wall_clock() * 1000)
+        judging = time.perf_counter()
         findings = self._judge(plan.new_batches)
+        if self._detectors is not None:  # a hub without profiles judges nothing: no zero-length samples
+            self._timings.observe_detectors(time.perf_counter() - judging)
         with self._write_lock:
             try:
                 changes = self._writer.commit(plan, rejections, side_messages, now_ms, findings)
@@ -195,6 +237,8 @@ class IngestPipeline:
             log.warning("set aside message on %s: %s", rejection.topic, rejection.detail)
         for gap in plan.gaps:
             log.warning("gateway %s released seqs %d..%d unreceipted", gap.gateway_id, gap.first_seq, gap.last_seq)
+        # Only committed groups are timed; a failed one is counted as a commit failure and timed on its retry.
+        self._timings.observe_commit(time.perf_counter() - started)
         return [
             Receipt(gateway_id=gateway_id, acked_seq=cursor.acked_seq, ts_ms=now_ms)
             for gateway_id, cursor in plan.cursors.items()
@@ -312,6 +356,13 @@ class MqttIngest:
         self._stop = threading.Event()
         self._connected = threading.Event()
         self._connection = 0
+        # Backlog bookkeeping for /metrics, kept off the per-message path but for one integer increment:
+        # each counter has a single writing thread (paho's network thread, the writer thread), so plain
+        # ints suffice; readers only ever read them.
+        self._received = 0
+        self._committed = 0
+        self._in_hand_oldest_ms: int | None = None
+        """received_ms of the first message of the group being committed (None between groups)."""
         client = paho.Client(
             CallbackAPIVersion.VERSION2,
             client_id=config.client_id,
@@ -368,7 +419,23 @@ class MqttIngest:
     def _on_disconnect(self, *_args: object) -> None:
         self._connected.clear()
 
+    def backlog(self) -> IngestBacklog:
+        """Messages received and not yet committed (queued or in the group being committed), and the age of
+        the oldest. Safe from any thread; a snapshot taken while a group leaves the queue may see that group's
+        oldest message a moment late, which a gauge scraped every few seconds does not notice."""
+        committed = self._committed  # read first: received only grows, so the difference is never negative
+        messages = self._received - committed
+        if messages == 0:
+            return IngestBacklog(0, None)
+        oldest = self._in_hand_oldest_ms
+        if oldest is None:
+            with self._inbox.mutex:
+                head: Inbound | None = self._inbox.queue[0] if self._inbox.queue else None
+            oldest = head.received_ms if head is not None else None
+        return IngestBacklog(messages, oldest)
+
     def _on_message(self, _client: paho.Client, _userdata: object, msg: paho.MQTTMessage) -> None:
+        self._received += 1  # before the put, so a message is never committed before it is counted
         self._inbox.put(
             Inbound(msg.topic, bytes(msg.payload), int(time.time() * 1000), msg.mid, msg.qos, self._connection)
         )
@@ -400,6 +467,8 @@ class MqttIngest:
                     if self._stop.wait(COMMIT_RETRY_S):
                         return  # unacked: the broker redelivers to the next hub
                     continue
+                self._in_hand_oldest_ms = None
+                self._committed += len(group)
                 for message in group:
                     # After a reconnect the broker redelivers unacked messages under new mids;
                     # acking an old mid could confirm a different message.
@@ -414,6 +483,7 @@ class MqttIngest:
             first = self._inbox.get(timeout=0.2)
         except queue.Empty:
             return []
+        self._in_hand_oldest_ms = first.received_ms
         group = [first]
         size = len(first.payload)
         deadline = time.monotonic() + self._config.group_max_wait_s

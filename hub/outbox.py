@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import logging
 import random
-import sqlite3
 import threading
 import time
 from collections import Counter
@@ -31,27 +30,13 @@ from typing import Final
 
 import httpx
 import msgspec
+from sqlalchemy import Connection, text
 
 from hub import webhooks
+from hub.db import Database, StoreError
 from hub.notify import CLAIM_FORMAT, AlarmNotice, Endpoint, NotificationFormat, NotifyError, PreparedRequest, render
 
 log = logging.getLogger(__name__)
-
-OUTBOX_DDL: Final = """
-CREATE TABLE IF NOT EXISTS outbox (
-    id              INTEGER PRIMARY KEY,
-    event_id        TEXT UNIQUE NOT NULL,
-    endpoint        TEXT NOT NULL,
-    kind            TEXT NOT NULL,
-    payload         BLOB NOT NULL,
-    created_ms      INTEGER NOT NULL,
-    attempts        INTEGER NOT NULL DEFAULT 0,
-    next_attempt_ms INTEGER NOT NULL,
-    delivered_ms    INTEGER,
-    last_error      TEXT
-);
-CREATE INDEX IF NOT EXISTS outbox_due ON outbox (delivered_ms, next_attempt_ms);
-"""
 
 CLAIM_KIND: Final = "claim"
 """Rows of this kind are posted as their own JSON payload; every other kind is an :class:`AlarmNotice`."""
@@ -69,10 +54,7 @@ POLL_INTERVAL_S: Final = 0.5
 """How often the thread looks for due rows; a new claim goes out within half a second."""
 
 BATCH_LIMIT: Final = 100
-"""Rows read per poll; the fair ordering of :meth:`SqliteOutbox.due` puts every endpoint's head first."""
-
-BUSY_TIMEOUT_S: Final = 10.0
-"""The hub's writer holds short transactions; waiting this long for one means something is wrong."""
+"""Rows read per poll; the fair ordering of :meth:`OutboxTable.due` puts every endpoint's head first."""
 
 ERROR_KEEP_CHARS: Final = 500
 """Enough of an error to diagnose it in ``last_error`` without storing a whole HTML error page."""
@@ -97,15 +79,17 @@ class OutboxRow:
     next_attempt_ms: int
 
 
-def enqueue(conn: sqlite3.Connection, *, event_id: str, endpoint: str, kind: str, payload: bytes, now_ms: int) -> bool:
+def enqueue(conn: Connection, *, event_id: str, endpoint: str, kind: str, payload: bytes, now_ms: int) -> bool:
     """Add a message inside the caller's open transaction; False if ``event_id`` is already queued.
 
     Never commits: the row must become visible together with the state change that caused it.
     """
     cursor = conn.execute(
-        "INSERT OR IGNORE INTO outbox (event_id, endpoint, kind, payload, created_ms, next_attempt_ms)"
-        " VALUES (?, ?, ?, ?, ?, ?)",
-        (event_id, endpoint, kind, payload, now_ms, now_ms),
+        text(
+            "INSERT INTO outbox (event_id, endpoint, kind, payload, created_ms, next_attempt_ms)"
+            " VALUES (:event_id, :endpoint, :kind, :payload, :now, :now) ON CONFLICT (event_id) DO NOTHING"
+        ),
+        {"event_id": event_id, "endpoint": endpoint, "kind": kind, "payload": payload, "now": now_ms},
     )
     return cursor.rowcount == 1
 
@@ -116,20 +100,16 @@ def backoff_s(failures: int, jitter: float) -> float:
     return nominal * (1.0 - BACKOFF_JITTER * jitter)
 
 
-class SqliteOutbox:
-    """The dispatcher's own connection to the outbox table (created if missing).
+class OutboxTable:
+    """The dispatcher's access to the outbox table, on pooled connections of the system of record.
 
-    One connection shared by the dispatcher's workers behind a lock: each call is one short statement.
+    Each call is one short statement in its own transaction, safe from any of the dispatcher's workers.
     """
 
-    def __init__(self, path: Path | str) -> None:
-        self._lock = threading.Lock()
-        self._conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, check_same_thread=False, isolation_level=None)
-        with self._lock:
-            self._conn.execute("PRAGMA journal_mode=WAL")
-            # A "delivered" mark undone by a power cut only causes a duplicate the receiver drops.
-            self._conn.execute("PRAGMA synchronous=NORMAL")
-            self._conn.executescript(OUTBOX_DDL)
+    def __init__(self, target: Database | Path | str) -> None:
+        self._owns_database = not isinstance(target, Database)
+        self.database = Database.of(target)
+        self.database.upgrade()
 
     def due(self, now_ms: int, limit: int) -> list[OutboxRow]:
         """Undelivered rows whose time has come, in enqueue order per endpoint, endpoints interleaved.
@@ -137,44 +117,48 @@ class SqliteOutbox:
         Interleaving (every endpoint's first row, then every endpoint's second, ...) keeps a dead
         endpoint's backlog from filling ``limit`` and starving the healthy ones.
         """
-        with self._lock:
-            rows = self._conn.execute(
-                """
-                SELECT id, event_id, endpoint, kind, payload, created_ms, attempts, next_attempt_ms FROM (
-                    SELECT *, ROW_NUMBER() OVER (PARTITION BY endpoint ORDER BY id) AS rank
-                    FROM outbox WHERE delivered_ms IS NULL AND next_attempt_ms <= ?
-                ) ORDER BY rank, id LIMIT ?
-                """,
-                (now_ms, limit),
-            ).fetchall()
-        return [OutboxRow(*row) for row in rows]
+        with self.database.reading() as conn:
+            rows = conn.execute(
+                text(
+                    "SELECT id, event_id, endpoint, kind, payload, created_ms, attempts, next_attempt_ms FROM ("
+                    " SELECT *, ROW_NUMBER() OVER (PARTITION BY endpoint ORDER BY id) AS turn"
+                    " FROM outbox WHERE delivered_ms IS NULL AND next_attempt_ms <= :now"
+                    ") AS due_rows ORDER BY turn, id LIMIT :limit"
+                ),
+                {"now": now_ms, "limit": limit},
+            ).all()
+        return [OutboxRow(row[0], row[1], row[2], row[3], bytes(row[4]), row[5], row[6], row[7]) for row in rows]
 
     def delivered(self, row_id: int, now_ms: int) -> None:
         """Mark a row acknowledged by its receiver."""
-        with self._lock:
-            self._conn.execute(
-                "UPDATE outbox SET delivered_ms = ?, attempts = attempts + 1, last_error = NULL WHERE id = ?",
-                (now_ms, row_id),
+        with self.database.writing() as conn:
+            conn.execute(
+                text(
+                    "UPDATE outbox SET delivered_ms = :now, attempts = attempts + 1, last_error = NULL WHERE id = :id"
+                ),
+                {"now": now_ms, "id": row_id},
             )
 
     def retry_later(self, row_id: int, next_attempt_ms: int, error: str) -> None:
         """Count a failed attempt and schedule the next one."""
-        with self._lock:
-            self._conn.execute(
-                "UPDATE outbox SET attempts = attempts + 1, next_attempt_ms = ?, last_error = ? WHERE id = ?",
-                (next_attempt_ms, error[:ERROR_KEEP_CHARS], row_id),
+        with self.database.writing() as conn:
+            conn.execute(
+                text(
+                    "UPDATE outbox SET attempts = attempts + 1, next_attempt_ms = :next, last_error = :error"
+                    " WHERE id = :id"
+                ),
+                {"next": next_attempt_ms, "error": error[:ERROR_KEEP_CHARS], "id": row_id},
             )
 
     def pending_count(self) -> int:
         """Rows not yet acknowledged, due or waiting for a retry."""
-        with self._lock:
-            (count,) = self._conn.execute("SELECT COUNT(*) FROM outbox WHERE delivered_ms IS NULL").fetchone()
-        return int(count)
+        with self.database.reading() as conn:
+            return int(conn.execute(text("SELECT COUNT(*) FROM outbox WHERE delivered_ms IS NULL")).scalar_one())
 
     def close(self) -> None:
-        """Close the connection."""
-        with self._lock:
-            self._conn.close()
+        """Close the pool if this table opened the database itself (a shared one is its owner's)."""
+        if self._owns_database:
+            self.database.dispose()
 
 
 class DeliveryError(Exception):
@@ -201,7 +185,7 @@ class OutboxDispatcher:
 
     def __init__(
         self,
-        outbox: SqliteOutbox,
+        outbox: OutboxTable,
         endpoints: Mapping[str, Endpoint],
         *,
         secrets: Mapping[str, bytes],
@@ -271,8 +255,8 @@ class OutboxDispatcher:
             started = self._monotonic()
             try:
                 self._dispatch(int(self._wall_clock() * 1000))
-            except sqlite3.Error:
-                # The database is the hub's; a locked or briefly unavailable file is retried next poll.
+            except StoreError:
+                # The database is the hub's; a locked file or a restarting server is retried next poll.
                 log.exception("outbox: cannot read due rows")
             # Polling stays as the fallback (retries falling due); a commit that queued rows wakes us at once.
             self._wake.wait(max(0.0, POLL_INTERVAL_S - (self._monotonic() - started)))

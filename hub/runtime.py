@@ -13,19 +13,22 @@ from types import FrameType
 from typing import Final
 
 import uvicorn
+from prometheus_client import CollectorRegistry
 
 from coldchain.config import resolve_secret
 from coldchain.errors import ConfigError
-from hub import audit
-from hub.alarms import AlarmService
+from hub.alarms import AlarmService, claim_delivered
 from hub.api import create_app
 from hub.compensation import load_policy
 from hub.config import HubConfig
+from hub.db import Database
 from hub.detectors.detector_set import DetectorSet
 from hub.ingest import IngestPipeline, MqttIngest
-from hub.outbox import CLAIM_KIND, OutboxDispatcher, OutboxRow, SqliteOutbox
+from hub.metrics import HistogramTimings, HubCollector
+from hub.outbox import CLAIM_KIND, OutboxDispatcher, OutboxRow, OutboxTable
 from hub.profiles import load_profile_book
-from hub.store import IngestWriter, ReadStore
+from hub.series_export import SeriesExporter
+from hub.store import IngestWriter, ReadStore, SeriesStoreSource
 from hub.traceability.public import PublicService, add_public_routes
 
 log = logging.getLogger(__name__)
@@ -50,7 +53,8 @@ class HubRuntime:
     """One hub process: ingest in background threads, the API served by uvicorn."""
 
     def __init__(self, config: HubConfig, *, demo: bool = False) -> None:
-        db_path = Path(config.store.path)
+        self.database = Database(config.store.database_url(allow_placeholder=demo))
+        log.info("system of record: %s", self.database.display_url)
         book = load_profile_book(Path(config.profiles_file)) if config.profiles_file else None
         policy = load_policy(Path(config.compensation_file)) if config.compensation_file else None
         endpoints = {endpoint.name: endpoint for endpoint in config.endpoints}
@@ -69,10 +73,14 @@ class HubRuntime:
             return profile.name if profile else None
 
         alarms = AlarmService(config.alarms, policy, product_of_gateway, product_of_lot)
+        # This hub's own metrics registry, not prometheus_client's global one: the demo runs several parts
+        # in one process.
+        self.metrics = CollectorRegistry()
         self.pipeline = IngestPipeline(
-            IngestWriter(db_path, alarms),
+            IngestWriter(self.database, alarms, migrate=config.store.migrate_on_start),
             max_payload_bytes=config.ingest.max_payload_bytes,
             detectors=make_detectors if book else None,
+            timings=HistogramTimings(self.metrics),
         )
         secrets = {
             name: secret
@@ -80,11 +88,23 @@ class HubRuntime:
             if (secret := endpoint.load_secret(allow_placeholder=demo)) is not None
         }
         self.dispatcher = OutboxDispatcher(
-            SqliteOutbox(db_path), endpoints, secrets=secrets, on_delivered=self._claim_delivered
+            OutboxTable(self.database), endpoints, secrets=secrets, on_delivered=self._claim_delivered
         )
         self.pipeline.after_alarm_changes = lambda _changes: self.dispatcher.wake()
         self.ingest = MqttIngest(self.pipeline, config.mqtt, config.ingest, allow_placeholder_secret=demo)
-        self.read_store = ReadStore(db_path)
+        self.read_store = ReadStore(self.database)
+        self.series = SeriesExporter.from_config(
+            config.series,
+            SeriesStoreSource(self.database),
+            node_kinds={node.gateway_id: node.kind for node in config.nodes},
+            profile_for=book.for_gateway if book else None,
+            allow_placeholder_secret=demo,
+        )
+        if self.series is not None:
+            self.pipeline.before_commit = self.series.admit
+        self.metrics.register(
+            HubCollector(self.pipeline.stats, backlog=self.ingest, series=self.series, store=self.read_store)
+        )
         app = create_app(
             self.read_store,
             config.api.tokens,
@@ -92,6 +112,7 @@ class HubRuntime:
             ingest_counters=self._counters,
             pipeline=self.pipeline,
             send_command=self.ingest.send_command,
+            metrics=self.metrics,
         )
         key_secret: bytes | None = None
         if config.public.key_secret_file or config.public.key_secret_env:
@@ -103,7 +124,7 @@ class HubRuntime:
             ).encode()
         elif demo:
             key_secret = random_secrets.token_bytes(32)
-        self.public = PublicService(db_path, {n.gateway_id: n for n in config.nodes}, config.public, key_secret)
+        self.public = PublicService(self.database, {n.gateway_id: n for n in config.nodes}, config.public, key_secret)
         app.state.public = self.public
         add_public_routes(app, self.public)
         self._server = _Server(
@@ -127,18 +148,15 @@ class HubRuntime:
 
         signal.signal(signal.SIGINT, _request_exit)
         signal.signal(signal.SIGTERM, _request_exit)
-        self.ingest.start()
-        self.dispatcher.start()
+        self._start_background()
         try:
             self._server.run()
         finally:
-            self.dispatcher.stop()
-            self.ingest.stop()
+            self._stop_background()
 
     def start_in_thread(self) -> None:
         """Start ingest and the API without blocking (the demo runs several parts in one process)."""
-        self.ingest.start()
-        self.dispatcher.start()
+        self._start_background()
         self._thread = threading.Thread(target=self._server.run, name="hub-api", daemon=True)
         self._thread.start()
 
@@ -153,8 +171,21 @@ class HubRuntime:
         self._server.should_exit = True
         if self._thread is not None:
             self._thread.join(timeout=10)
+        self._stop_background()
+
+    def _start_background(self) -> None:
+        if self.series is not None:
+            self.series.start()
+        self.ingest.start()
+        self.dispatcher.start()
+
+    def _stop_background(self) -> None:
+        # The exporter first: stopping it releases an ingest commit waiting in ``admit``.
+        if self.series is not None:
+            self.series.stop()
         self.dispatcher.stop()
         self.ingest.stop()
+        self.database.dispose()
 
     def _counters(self) -> dict[str, int]:
         flat = self.pipeline.stats.snapshot()
@@ -171,19 +202,6 @@ class HubRuntime:
 
         def mark(writer: IngestWriter, _now_ms: int) -> None:
             with writer.transaction() as conn:
-                updated = conn.execute(
-                    "UPDATE claims SET state = 'delivered', delivered_ms = ? WHERE claim_id = ? AND state = 'pending'",
-                    (now_ms, claim_id),
-                ).rowcount
-                if updated:
-                    audit.append(
-                        conn,
-                        entity="claim",
-                        entity_id=claim_id,
-                        action="delivered",
-                        actor=row.endpoint,
-                        data={"event_id": row.event_id},
-                        ts_ms=now_ms,
-                    )
+                claim_delivered(conn, claim_id, endpoint=row.endpoint, event_id=row.event_id, now_ms=now_ms)
 
         self.pipeline.staff_action(mark)

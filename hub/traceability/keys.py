@@ -12,8 +12,9 @@ import base64
 import hashlib
 import hmac
 import secrets
-import sqlite3
 from typing import Final
+
+from sqlalchemy import Connection, text
 
 from coldchain.errors import ColdchainError
 
@@ -46,18 +47,21 @@ def _hash(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
-def issue(conn: sqlite3.Connection, secret: bytes, order_id: str, *, ttl_s: float, now_ms: int) -> str:
+def issue(conn: Connection, secret: bytes, order_id: str, *, ttl_s: float, now_ms: int) -> str:
     """Create a key for ``order_id`` valid for ``ttl_s`` (inside the caller's transaction); return it."""
     key_id = secrets.token_bytes(KEY_ID_BYTES)
     key = f"{_b64(key_id)}.{_b64(_tag(secret, key_id))}"
     conn.execute(
-        "INSERT INTO buyer_keys (key_hash, order_id, created_ms, expires_ms) VALUES (?, ?, ?, ?)",
-        (_hash(key), order_id, now_ms, now_ms + int(ttl_s * 1000)),
+        text(
+            "INSERT INTO buyer_keys (key_hash, order_id, created_ms, expires_ms)"
+            " VALUES (:key_hash, :order_id, :now, :expires)"
+        ),
+        {"key_hash": _hash(key), "order_id": order_id, "now": now_ms, "expires": now_ms + int(ttl_s * 1000)},
     )
     return key
 
 
-def resolve(conn: sqlite3.Connection, secret: bytes, key: str, *, now_ms: int) -> str:
+def resolve(conn: Connection, secret: bytes, key: str, *, now_ms: int) -> str:
     """The order a key opens; ``UnknownKeyError`` if it is not genuine, ``GoneKeyError`` if expired or revoked."""
     key_id_text, _, tag_text = key.partition(".")
     try:
@@ -68,8 +72,9 @@ def resolve(conn: sqlite3.Connection, secret: bytes, key: str, *, now_ms: int) -
     if len(key_id) != KEY_ID_BYTES or not hmac.compare_digest(tag, _tag(secret, key_id)):
         raise UnknownKeyError("not a key this hub issued")
     row = conn.execute(
-        "SELECT order_id, expires_ms, revoked_ms FROM buyer_keys WHERE key_hash = ?", (_hash(key),)
-    ).fetchone()
+        text("SELECT order_id, expires_ms, revoked_ms FROM buyer_keys WHERE key_hash = :key_hash"),
+        {"key_hash": _hash(key)},
+    ).first()
     if row is None:
         raise UnknownKeyError("no such key")
     order_id, expires_ms, revoked_ms = row
@@ -78,8 +83,9 @@ def resolve(conn: sqlite3.Connection, secret: bytes, key: str, *, now_ms: int) -
     return str(order_id)
 
 
-def revoke_all(conn: sqlite3.Connection, order_id: str, *, now_ms: int) -> int:
+def revoke_all(conn: Connection, order_id: str, *, now_ms: int) -> int:
     """Revoke every live key of an order (inside the caller's transaction); return how many."""
     return conn.execute(
-        "UPDATE buyer_keys SET revoked_ms = ? WHERE order_id = ? AND revoked_ms IS NULL", (now_ms, order_id)
+        text("UPDATE buyer_keys SET revoked_ms = :now WHERE order_id = :order_id AND revoked_ms IS NULL"),
+        {"now": now_ms, "order_id": order_id},
     ).rowcount

@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import sqlite3
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from contextlib import closing
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Annotated, Final
 
@@ -24,8 +23,10 @@ from fastapi import APIRouter, FastAPI, HTTPException, Request, Response, status
 from fastapi import Path as PathParam
 from fastapi.responses import RedirectResponse, StreamingResponse
 from fastapi.staticfiles import StaticFiles
+from sqlalchemy import Connection, text
 
-from hub.store import connect
+from hub import orders
+from hub.db import Database
 from hub.traceability import keys
 from hub.traceability.digital_link import lot_uri
 from hub.traceability.epcis import trail_document
@@ -74,9 +75,13 @@ class PublicService:
     """Builds lot views and buyer views from the store, with per-lot caching."""
 
     def __init__(
-        self, db_path: Path, nodes: Mapping[str, NodeInfo], settings: PublicSettings, key_secret: bytes | None
+        self,
+        database: Database | Path,
+        nodes: Mapping[str, NodeInfo],
+        settings: PublicSettings,
+        key_secret: bytes | None,
     ) -> None:
-        self._db_path = db_path
+        self.database = Database.of(database)
         self.nodes = dict(nodes)
         self.settings = settings
         self.key_secret = key_secret
@@ -85,9 +90,9 @@ class PublicService:
         self.closing = threading.Event()
         """Set when the hub stops: live streams end so the server can shut down promptly."""
 
-    def connection(self) -> closing[sqlite3.Connection]:
-        """A short-lived read connection."""
-        return closing(connect(self._db_path))
+    def connection(self) -> AbstractContextManager[Connection]:
+        """A pooled read connection for one view."""
+        return self.database.reading()
 
     def lot(self, lot_id: str) -> tuple[bytes, str]:
         """The lot's view as JSON and its ETag, recomputed at most once per ``LOT_CACHE_S``."""
@@ -105,19 +110,23 @@ class PublicService:
 
     def _lot_view(self, lot_id: str) -> LotView:
         with self.connection() as conn:
-            row = conn.execute("SELECT gtin, product FROM lots WHERE lot_id = ?", (lot_id,)).fetchone()
+            row = conn.execute(
+                text("SELECT gtin, product FROM lots WHERE lot_id = :lot_id"), {"lot_id": lot_id}
+            ).first()
             if row is None:
                 raise HTTPException(status.HTTP_404_NOT_FOUND, "no such lot")
             gtin, product = row
-            epcs = [epc for (epc,) in conn.execute("SELECT epc FROM lot_items WHERE lot_id = ?", (lot_id,))]
+            epcs = orders.lot_items(conn, lot_id)
             trail = build_trail(conn, f"lot:{lot_id}", epcs, self.nodes)
             current = None
             if trail.legs and trail.legs[-1].end_ms is None:
                 current = conn.execute(
-                    "SELECT value, ts_ms FROM latest WHERE gateway_id = ? AND quantity = 'temperature'"
-                    " ORDER BY ts_ms DESC LIMIT 1",
-                    (trail.legs[-1].node.gateway_id,),
-                ).fetchone()
+                    text(
+                        "SELECT value, ts_ms FROM latest WHERE gateway_id = :gateway_id AND quantity = 'temperature'"
+                        " ORDER BY ts_ms DESC LIMIT 1"
+                    ),
+                    {"gateway_id": trail.legs[-1].node.gateway_id},
+                ).first()
         link = self.digital_link(gtin, lot_id)
         return LotView(
             lot_id=lot_id,
@@ -145,15 +154,22 @@ class PublicService:
             raise keys.UnknownKeyError("buyer keys are not configured on this hub")
         with self.connection() as conn:
             order_id = keys.resolve(conn, self.key_secret, key, now_ms=int(time.time() * 1000))
-            epcs = [e for (e,) in conn.execute("SELECT epc FROM order_items WHERE order_id = ?", (order_id,))]
-            lot = conn.execute("SELECT lot_id FROM orders WHERE order_id = ?", (order_id,)).fetchone()
+            epcs = list(
+                conn.execute(
+                    text("SELECT epc FROM order_items WHERE order_id = :order_id"), {"order_id": order_id}
+                ).scalars()
+            )
+            lot = conn.execute(
+                text("SELECT lot_id FROM orders WHERE order_id = :order_id"), {"order_id": order_id}
+            ).first()
             if lot and lot[0]:
-                epcs += [e for (e,) in conn.execute("SELECT epc FROM lot_items WHERE lot_id = ?", (lot[0],))]
+                epcs += orders.lot_items(conn, lot[0])
             trail = build_trail(conn, f"order:{order_id}", sorted(set(epcs)), self.nodes)
             claims = [
                 {"action": action, "refund_percent": percent, "voucher_cny": voucher, "state": state}
                 for action, percent, voucher, state in conn.execute(
-                    "SELECT action, refund_percent, voucher_cny, state FROM claims WHERE order_id = ?", (order_id,)
+                    text("SELECT action, refund_percent, voucher_cny, state FROM claims WHERE order_id = :order_id"),
+                    {"order_id": order_id},
                 )
             ]
         return order_id, trail, claims
@@ -219,7 +235,7 @@ def add_public_routes(app: FastAPI, service: PublicService) -> None:
     @router.get("/public/v1/lots/{lot_id}/qr.svg", response_model=None)
     def lot_qr(lot_id: LotId, transparent: bool = False) -> Response:
         with service.connection() as conn:
-            row = conn.execute("SELECT gtin FROM lots WHERE lot_id = ?", (lot_id,)).fetchone()
+            row = conn.execute(text("SELECT gtin FROM lots WHERE lot_id = :lot_id"), {"lot_id": lot_id}).first()
         if row is None:
             raise HTTPException(status.HTTP_404_NOT_FOUND, "no such lot")
         svg = qr_svg(service.digital_link(row[0], lot_id), light=None if transparent else "#fff")
@@ -230,7 +246,7 @@ def add_public_routes(app: FastAPI, service: PublicService) -> None:
     @router.get("/01/{gtin}/10/{lot_id}", response_model=None)
     def resolve_digital_link(gtin: Annotated[str, PathParam(pattern=r"^\d{14}$")], lot_id: LotId) -> RedirectResponse:
         with service.connection() as conn:
-            row = conn.execute("SELECT gtin FROM lots WHERE lot_id = ?", (lot_id,)).fetchone()
+            row = conn.execute(text("SELECT gtin FROM lots WHERE lot_id = :lot_id"), {"lot_id": lot_id}).first()
         if row is None or row[0] != gtin:
             raise HTTPException(status.HTTP_404_NOT_FOUND, "no such product lot")
         return RedirectResponse(

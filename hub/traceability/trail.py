@@ -6,16 +6,18 @@ A trail never scans raw readings: the temperature band of a leg comes from the `
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Callable, Mapping, Sequence
+
+from sqlalchemy import Connection, text
 
 from hub.compensation import EXCURSION_KINDS
 from hub.custody import OPEN_END_MS, Stay, stays_of
+from hub.schema import ROLLUP_BUCKET_MS
 from hub.traceability.model import ChainStatus, ExcursionView, Leg, NodeInfo, TemperatureBand, Trail
 
 
 def build_trail(
-    conn: sqlite3.Connection,
+    conn: Connection,
     subject: str,
     epcs: Sequence[str],
     nodes: Mapping[str, NodeInfo],
@@ -46,7 +48,7 @@ def _merge(stays: list[Stay]) -> list[list[Stay]]:
 
 
 def _leg(
-    conn: sqlite3.Connection,
+    conn: Connection,
     group: list[Stay],
     nodes: Mapping[str, NodeInfo],
     compensated: Callable[[str], bool] | None,
@@ -54,17 +56,24 @@ def _leg(
     gateway_id = group[0].gateway_id
     start = min(s.start_ms for s in group)
     end = max(s.end_ms for s in group)
-    row = conn.execute(
-        "SELECT min(min_value), max(max_value), sum(sum_value), sum(samples) FROM rollups"
-        " WHERE gateway_id = ? AND quantity = 'temperature' AND bucket_ms >= ? AND bucket_ms <= ?",
-        (gateway_id, start - start % 300_000, end),
-    ).fetchone()
-    band = None if not row[3] else TemperatureBand(row[0], round(row[2] / row[3], 2), row[1], int(row[3]))
+    low, high, total, samples = conn.execute(
+        text(
+            "SELECT min(min_value), max(max_value), sum(sum_value), sum(samples) FROM rollups"
+            " WHERE gateway_id = :gateway_id AND quantity = 'temperature' AND bucket_ms >= :start"
+            " AND bucket_ms <= :end"
+        ),
+        {"gateway_id": gateway_id, "start": start - start % ROLLUP_BUCKET_MS, "end": end},
+    ).one()
+    # PostgreSQL sums a BIGINT column as NUMERIC: bring it back to int before dividing a float by it.
+    band = None if not samples else TemperatureBand(low, round(float(total) / int(samples), 2), high, int(samples))
     alarms = conn.execute(
-        "SELECT alarm_id, kind, severity, started_ms, ended_ms, peak_value, duration_s FROM alarms"
-        " WHERE gateway_id = ? AND started_ms <= ? AND coalesce(ended_ms, ?) >= ? ORDER BY started_ms",
-        (gateway_id, end, OPEN_END_MS, start),
-    ).fetchall()
+        text(
+            "SELECT alarm_id, kind, severity, started_ms, ended_ms, peak_value, duration_s FROM alarms"
+            " WHERE gateway_id = :gateway_id AND started_ms <= :end AND coalesce(ended_ms, :open_end) >= :start"
+            " ORDER BY started_ms"
+        ),
+        {"gateway_id": gateway_id, "end": end, "open_end": OPEN_END_MS, "start": start},
+    ).all()
     is_paid = compensated or (lambda alarm_id: _has_claim(conn, alarm_id))
     excursions = [
         ExcursionView(alarm_id, kind, severity, started, ended, peak, duration, is_paid(alarm_id))
@@ -81,18 +90,22 @@ def _leg(
     )
 
 
-def _has_claim(conn: sqlite3.Connection, alarm_id: str) -> bool:
-    return conn.execute("SELECT 1 FROM claims WHERE alarm_id = ? LIMIT 1", (alarm_id,)).fetchone() is not None
+def _has_claim(conn: Connection, alarm_id: str) -> bool:
+    return (
+        conn.execute(text("SELECT 1 FROM claims WHERE alarm_id = :alarm_id LIMIT 1"), {"alarm_id": alarm_id}).first()
+        is not None
+    )
 
 
-def _delivered(conn: sqlite3.Connection, epcs: Sequence[str]) -> bool:
+def _delivered(conn: Connection, epcs: Sequence[str]) -> bool:
     """Every item's last custody read is a delivery."""
     if not epcs:
         return False
     for epc in epcs:
         last = conn.execute(
-            "SELECT action FROM tag_reads WHERE epc_uri = ? OR epc_hex = ? ORDER BY ts_ms DESC LIMIT 1", (epc, epc)
-        ).fetchone()
+            text("SELECT action FROM tag_reads WHERE epc_uri = :epc OR epc_hex = :epc ORDER BY ts_ms DESC LIMIT 1"),
+            {"epc": epc},
+        ).first()
         if last is None or last[0] != "delivery":
             return False
     return True

@@ -173,3 +173,21 @@ def test_audit_verify_command_passes_an_intact_chain_and_fails_a_tampered_one(
         conn.execute("UPDATE audit SET data = ? WHERE id = 2", (b'{"n":99}',))
     assert main(["hub", "audit-verify", "--db", str(db)]) == 1
     assert "BROKEN at entry 2" in capsys.readouterr().err
+
+
+def test_hub_migrate_and_audit_verify_work_on_the_configured_store(
+    database_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from hub.migrations import head  # noqa: PLC0415
+
+    config = tmp_path / "hub.toml"
+    token = "0" * 64
+    config.write_text(
+        f'[mqtt]\nusername = "hub"\n[store]\nurl = "{database_url}"\n'
+        f'[[api.tokens]]\nname = "t"\nsha256 = "{token}"\nscopes = ["read"]\n'
+    )
+    assert main(["hub", "migrate", "--config", str(config)]) == 0
+    assert f"schema at revision {head()}" in capsys.readouterr().out
+    assert main(["hub", "migrate", "--config", str(config)]) == 0  # nothing left to do is not an error
+    assert main(["hub", "audit-verify", "--config", str(config)]) == 0
+    assert "intact: 0 entries" in capsys.readouterr().out

@@ -1,17 +1,24 @@
-"""IngestPipeline over a real SQLite file: dedup across groups and restarts, receipts, rejections, atomicity."""
+"""IngestPipeline over a real store, SQLite and PostgreSQL.
+
+Dedup across groups and restarts, receipts, rejections, atomicity.
+"""
 
 from __future__ import annotations
 
 import sqlite3
-from pathlib import Path
+from contextlib import closing
 
 import msgspec
 import pytest
+import sqlalchemy as sa
 
 from coldchain.messages import GatewayStatus, Quality, Quantity, Reading, Receipt, TelemetryBatch, encode
 from coldchain.topics import Channel, topic_for
+from hub.db import Database, StoreError
 from hub.ingest import Inbound, IngestPipeline
-from hub.store import MIGRATIONS, REJECTED_PAYLOAD_KEEP_BYTES, IngestWriter, ReadStore, StoreError, connect, migrate
+from hub.migrations import head
+from hub.store import REJECTED_PAYLOAD_KEEP_BYTES, IngestWriter, ReadStore
+from tests.support.store import execute, query, refusing_inserts
 
 BOOT = "0123456789abcdef0123456789abcdef"
 TS = 1_700_000_000_000
@@ -44,25 +51,24 @@ def status(gateway_id: str, state: str, ts_ms: int) -> Inbound:
 
 
 class Hub:
-    """A pipeline on a database file, reopenable to play a restart."""
+    """A pipeline on a database, reopenable to play a restart."""
 
-    def __init__(self, path: Path, **kwargs) -> None:
-        self.path = path
+    def __init__(self, url: str, **kwargs) -> None:
+        self.url = url
         self.kwargs = kwargs
-        self.writer = IngestWriter(path)
+        self.writer = IngestWriter(url)
         self.pipeline = IngestPipeline(self.writer, wall_clock=lambda: NOW_S, **kwargs)
 
     def restart(self) -> None:
         self.writer.close()
-        self.writer = IngestWriter(self.path)
+        self.writer = IngestWriter(self.url)
         self.pipeline = IngestPipeline(self.writer, wall_clock=lambda: NOW_S, **self.kwargs)
 
     def process(self, *messages: Inbound) -> dict[str, int]:
         return {r.gateway_id: r.acked_seq for r in self.pipeline.process(list(messages))}
 
-    def query(self, sql: str, *params: object) -> list[tuple]:
-        with sqlite3.connect(self.path) as conn:
-            return conn.execute(sql, params).fetchall()
+    def query(self, sql: str) -> list[tuple]:
+        return query(self.url, sql)
 
     def readings_per_batch(self) -> dict[tuple[str, int], int]:
         rows = self.query("SELECT gateway_id, seq, count(*) FROM readings GROUP BY gateway_id, seq")
@@ -73,17 +79,18 @@ class Hub:
 
 
 @pytest.fixture
-def hub(tmp_path):
-    h = Hub(tmp_path / "hub.db")
+def hub(database_url):
+    h = Hub(database_url)
     yield h
     h.writer.close()
+    h.writer.database.dispose()
 
 
 def test_in_order_batches_are_stored_and_receipted(hub):
     receipts = hub.pipeline.process([telemetry("gw-1", 1), telemetry("gw-1", 2)])
     assert receipts == [Receipt(gateway_id="gw-1", acked_seq=2, ts_ms=NOW_MS)]
     assert hub.readings_per_batch() == {("gw-1", 1): 2, ("gw-1", 2): 2}
-    assert ReadStore(hub.path).reading_count() == 4
+    assert ReadStore(hub.url).reading_count() == 4
     stats = hub.pipeline.stats.snapshot()
     assert stats["messages"] == 2
     assert stats["batches_stored"] == 2
@@ -105,7 +112,7 @@ def test_repeated_groups_store_each_batch_once(hub):
     assert stats["batches_stored"] == 3
     assert stats["duplicates"] == 4
     assert stats["messages"] == 7
-    [row] = ReadStore(hub.path).gateways()
+    [row] = ReadStore(hub.url).gateways()
     assert (row.gateway_id, row.acked_seq, row.batches, row.readings) == ("gw-1", 3, 3, 6)
 
 
@@ -171,8 +178,8 @@ def test_small_rejected_payload_is_kept_whole(hub):
     assert (reason, size, payload) == ("malformed", 1, b"{")
 
 
-def test_too_large_payload_is_rejected(tmp_path):
-    hub = Hub(tmp_path / "hub.db", max_payload_bytes=200)
+def test_too_large_payload_is_rejected(database_url):
+    hub = Hub(database_url, max_payload_bytes=200)
     try:
         big = telemetry("gw-1", 1, readings=[Reading("probe-1", Quantity.TEMPERATURE, TS, 1.0)] * 20)
         small = telemetry("gw-1", 2, readings=[Reading("probe-1", Quantity.TEMPERATURE, TS, 1.0)])
@@ -217,7 +224,7 @@ def test_contract_violations_are_set_aside_with_their_reason(hub):
     assert stats["messages"] == 5
     assert stats.get("batches_stored", 0) == 0
     assert hub.stored_batches() == []
-    assert ReadStore(hub.path).gateways() == []
+    assert ReadStore(hub.url).gateways() == []
 
 
 def test_invalid_readings_are_set_aside_and_the_batch_receipted(hub):
@@ -242,17 +249,17 @@ def test_invalid_readings_are_set_aside_and_the_batch_receipted(hub):
 
 def test_status_messages_update_gateways(hub):
     hub.process(status("gw-1", "online", TS))
-    [row] = ReadStore(hub.path).gateways()
+    [row] = ReadStore(hub.url).gateways()
     assert (row.gateway_id, row.status, row.status_ms, row.boot_id, row.acked_seq) == ("gw-1", "online", TS, BOOT, 0)
     hub.process(status("gw-1", "offline", TS + 10))
-    [row] = ReadStore(hub.path).gateways()
+    [row] = ReadStore(hub.url).gateways()
     assert (row.status, row.status_ms) == ("offline", TS + 10)
     # a stale retained message arriving late does not overwrite a newer state
     hub.process(status("gw-1", "online", TS + 5))
-    [row] = ReadStore(hub.path).gateways()
+    [row] = ReadStore(hub.url).gateways()
     assert (row.status, row.status_ms) == ("offline", TS + 10)
     hub.process(telemetry("gw-1", 1))
-    [row] = ReadStore(hub.path).gateways()
+    [row] = ReadStore(hub.url).gateways()
     assert (row.status, row.acked_seq, row.batches) == ("offline", 1, 1)
 
 
@@ -262,7 +269,7 @@ def test_status_receives_no_receipt(hub):
 
 def test_gateways_are_listed_by_id(hub):
     hub.process(telemetry("gw-b", 1), telemetry("gw-a", 1), status("gw-c", "online", TS))
-    assert [row.gateway_id for row in ReadStore(hub.path).gateways()] == ["gw-a", "gw-b", "gw-c"]
+    assert [row.gateway_id for row in ReadStore(hub.url).gateways()] == ["gw-a", "gw-b", "gw-c"]
 
 
 def test_latest_keeps_the_newest_by_timestamp_even_when_older_arrives_later(hub):
@@ -271,12 +278,12 @@ def test_latest_keeps_the_newest_by_timestamp_even_when_older_arrives_later(hub)
 
     hub.process(one(2, TS + 60_000, 5.5))
     hub.process(one(1, TS, 9.9, Quality.BAD))
-    [latest] = ReadStore(hub.path).latest()
+    [latest] = ReadStore(hub.url).latest()
     assert (latest.gateway_id, latest.sensor_id, latest.quantity) == ("gw-1", "probe-1", "temperature")
     assert (latest.ts_ms, latest.value, latest.quality) == (TS + 60_000, 5.5, "good")
     # within one group too: the older reading of a later message does not win
     hub.process(one(4, TS + 120_000, 6.0), one(3, TS + 90_000, 7.0))
-    [latest] = ReadStore(hub.path).latest()
+    [latest] = ReadStore(hub.url).latest()
     assert (latest.ts_ms, latest.value) == (TS + 120_000, 6.0)
     # within one batch
     hub.process(
@@ -289,14 +296,14 @@ def test_latest_keeps_the_newest_by_timestamp_even_when_older_arrives_later(hub)
             ],
         )
     )
-    [latest] = ReadStore(hub.path).latest()
+    [latest] = ReadStore(hub.url).latest()
     assert (latest.ts_ms, latest.value) == (TS + 200_000, 1.0)
-    assert ReadStore(hub.path).reading_count() == 6
+    assert ReadStore(hub.url).reading_count() == 6
 
 
 def test_latest_per_series_and_per_gateway(hub):
     hub.process(telemetry("gw-1", 1), telemetry("gw-2", 1))
-    store = ReadStore(hub.path)
+    store = ReadStore(hub.url)
     assert [(r.gateway_id, r.quantity) for r in store.latest()] == [
         ("gw-1", "humidity"),
         ("gw-1", "temperature"),
@@ -309,41 +316,47 @@ def test_latest_per_series_and_per_gateway(hub):
 
 def test_migrate_is_idempotent(hub):
     hub.process(telemetry("gw-1", 1))
-    conn = connect(hub.path)
+    database = Database(hub.url)
     try:
-        assert migrate(conn) == len(MIGRATIONS)
-        assert migrate(conn) == len(MIGRATIONS)
-        assert conn.execute("PRAGMA user_version").fetchone() == (len(MIGRATIONS),)
-        tables = {name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-        assert {"gateways", "batches", "readings", "latest", "gaps", "rejected"} <= tables
+        assert database.upgrade() == head()
+        assert database.upgrade() == head()
+        tables = set(sa.inspect(database.engine).get_table_names())
+        assert {"gateways", "batches", "readings", "latest", "gaps", "rejected", "alembic_version"} <= tables
     finally:
-        conn.close()
-    assert ReadStore(hub.path).reading_count() == 2
+        database.dispose()
+    assert ReadStore(hub.url).reading_count() == 2
     hub.restart()
     assert hub.process(telemetry("gw-1", 1), telemetry("gw-1", 2)) == {"gw-1": 2}
-    assert ReadStore(hub.path).reading_count() == 4
+    assert ReadStore(hub.url).reading_count() == 4
 
 
-def test_fresh_database_is_migrated_to_the_latest_version(tmp_path):
+def test_fresh_sqlite_file_is_made_with_its_folders_and_migrated(tmp_path):
     path = tmp_path / "nested" / "dir" / "hub.db"
     writer = IngestWriter(path)
     writer.close()
-    with sqlite3.connect(path) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone() == (len(MIGRATIONS),)
+    writer.database.dispose()
+    with closing(sqlite3.connect(path)) as conn:
+        assert conn.execute("SELECT version_num FROM alembic_version").fetchall() == [(head(),)]
         assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+
+
+def test_a_store_behind_the_code_is_refused_unless_migrating(database_url):
+    Database(database_url).dispose()  # an empty database: never migrated
+    with pytest.raises(StoreError, match="coldchain hub migrate"):
+        IngestWriter(database_url, migrate=False)
+    IngestWriter(database_url).close()  # migrating on start is the default
+    IngestWriter(database_url, migrate=False).close()
 
 
 def test_failed_commit_changes_nothing_and_a_retry_stores_once(hub):
     assert hub.process(telemetry("gw-1", 1)) == {"gw-1": 1}
     before_stats = hub.pipeline.stats.snapshot()
-    before_gateways = ReadStore(hub.path).gateways()
-    before_latest = ReadStore(hub.path).latest()
+    before_gateways = ReadStore(hub.url).gateways()
+    before_latest = ReadStore(hub.url).latest()
 
     # a second connection makes the last write of the transaction fail, after batches and readings went in
-    other = sqlite3.connect(hub.path, isolation_level=None)
-    other.execute(
-        "CREATE TRIGGER refuse_rejections BEFORE INSERT ON rejected BEGIN SELECT RAISE(ABORT, 'disk says no'); END"
-    )
+    refusal = refusing_inserts(hub.url, "rejected", "disk says no")
+    refusal.__enter__()
     group = [
         telemetry("gw-1", 3),
         telemetry("gw-1", 2),
@@ -355,14 +368,13 @@ def test_failed_commit_changes_nothing_and_a_retry_stores_once(hub):
         hub.pipeline.process(group)
 
     assert hub.stored_batches() == [("gw-1", 1)]
-    assert ReadStore(hub.path).reading_count() == 2
-    assert ReadStore(hub.path).gateways() == before_gateways
-    assert ReadStore(hub.path).latest() == before_latest
+    assert ReadStore(hub.url).reading_count() == 2
+    assert ReadStore(hub.url).gateways() == before_gateways
+    assert ReadStore(hub.url).latest() == before_latest
     assert hub.query("SELECT count(*) FROM gaps") == [(0,)]
     assert hub.pipeline.stats.snapshot() == before_stats
 
-    other.execute("DROP TRIGGER refuse_rejections")
-    other.close()
+    refusal.__exit__(None, None, None)
     # the same group again: the ledger did not adopt the failed plan, so everything is new
     assert hub.process(*group) == {"gw-1": 3, "gw-2": 4}
     assert hub.readings_per_batch() == {("gw-1", 1): 2, ("gw-1", 2): 2, ("gw-1", 3): 2, ("gw-2", 4): 2}
@@ -380,12 +392,10 @@ def test_failed_commit_changes_nothing_and_a_retry_stores_once(hub):
 
 def test_dropped_table_raises_store_error_and_keeps_the_ledger(hub):
     assert hub.process(telemetry("gw-1", 1)) == {"gw-1": 1}
-    other = sqlite3.connect(hub.path, isolation_level=None)
-    other.execute("ALTER TABLE latest RENAME TO latest_away")
+    execute(hub.url, "ALTER TABLE latest RENAME TO latest_away")
     with pytest.raises(StoreError):
         hub.pipeline.process([telemetry("gw-1", 2)])
     assert hub.stored_batches() == [("gw-1", 1)]
-    other.execute("ALTER TABLE latest_away RENAME TO latest")
-    other.close()
+    execute(hub.url, "ALTER TABLE latest_away RENAME TO latest")
     assert hub.process(telemetry("gw-1", 2)) == {"gw-1": 2}
     assert hub.readings_per_batch() == {("gw-1", 1): 2, ("gw-1", 2): 2}

@@ -23,8 +23,10 @@ import msgspec
 import pytest
 
 from hub import webhooks
+from hub.db import Database
 from hub.notify import AlarmNotice, Endpoint
-from hub.outbox import OUTBOX_DDL, OutboxDispatcher, SqliteOutbox, enqueue
+from hub.outbox import OutboxDispatcher, OutboxTable, enqueue
+from tests.support.store import writing
 
 NOW_MS = 1_717_000_123_456
 DING_SECRET = b"SECdingdingdingding0123456789"
@@ -94,13 +96,12 @@ def robot() -> Iterator[tuple[str, Recorder]]:
 @pytest.fixture
 def db(tmp_path: Path) -> Path:
     path = tmp_path / "hub.sqlite3"
-    with closing(sqlite3.connect(path)) as conn:
-        conn.executescript(OUTBOX_DDL)
+    Database.of(path).upgrade()
     return path
 
 
 def enqueue_alarm(db: Path, endpoint: str, event_id: str, payload: bytes | None = None) -> None:
-    with closing(sqlite3.connect(db)) as conn, conn:
+    with writing(db) as conn:
         enqueue(
             conn,
             event_id=event_id,
@@ -112,7 +113,7 @@ def enqueue_alarm(db: Path, endpoint: str, event_id: str, payload: bytes | None 
 
 
 def dispatch(db: Path, endpoints: list[Endpoint], secrets: dict[str, bytes], now_ms: int = NOW_MS) -> int:
-    outbox = SqliteOutbox(db)
+    outbox = OutboxTable(db)
     d = OutboxDispatcher(outbox, {e.name: e for e in endpoints}, secrets=secrets, jitter=lambda: 0.0)
     try:
         return d.run_once(now_ms)

@@ -16,9 +16,11 @@ import pytest
 from fastapi import Request, Response
 
 from hub import webhooks
+from hub.db import Database
 from hub.notify import Endpoint
-from hub.outbox import OUTBOX_DDL, OutboxDispatcher, OutboxRow, SqliteOutbox, enqueue
+from hub.outbox import OutboxDispatcher, OutboxRow, OutboxTable, enqueue
 from hub.receiver import ReceiverServer, create_receiver_app
+from tests.support.store import writing
 
 SECRET = b"shop-platform-secret-0001"
 T0_MS = int(time.time() * 1000)  # the receiver checks timestamps against its real clock
@@ -39,13 +41,12 @@ def claim(i: int) -> bytes:
 @pytest.fixture
 def db(tmp_path: Path) -> Path:
     path = tmp_path / "hub.sqlite3"
-    with closing(sqlite3.connect(path)) as conn:
-        conn.executescript(OUTBOX_DDL)
+    Database.of(path).upgrade()
     return path
 
 
 def add(db: Path, event_id: str, endpoint: str, payload: bytes, now_ms: int = T0_MS) -> bool:
-    with closing(sqlite3.connect(db)) as conn, conn:
+    with writing(db) as conn:
         return enqueue(conn, event_id=event_id, endpoint=endpoint, kind="claim", payload=payload, now_ms=now_ms)
 
 
@@ -67,8 +68,8 @@ def accepted(server: ReceiverServer) -> list[dict[str, object]]:
     return listing
 
 
-def dispatcher(db: Path, endpoints: dict[str, str], **kwargs: object) -> tuple[OutboxDispatcher, SqliteOutbox]:
-    outbox = SqliteOutbox(db)
+def dispatcher(db: Path, endpoints: dict[str, str], **kwargs: object) -> tuple[OutboxDispatcher, OutboxTable]:
+    outbox = OutboxTable(db)
     configured = {name: Endpoint(name=name, url=url, format="claim", timeout_s=2.0) for name, url in endpoints.items()}
     secrets = dict.fromkeys(configured, SECRET)
     return OutboxDispatcher(outbox, configured, secrets=secrets, jitter=lambda: 0.0, **kwargs), outbox  # type: ignore[arg-type]
@@ -102,8 +103,7 @@ def test_a_resend_after_a_lost_acknowledgement_is_dropped_as_duplicate(
     # Replayed here with a second outbox holding the same event, as the restarted hub would.
     add(db, "claim:c-1", "shop", claim(1))
     replay_db = tmp_path / "replay.sqlite3"
-    with closing(sqlite3.connect(replay_db)) as conn:
-        conn.executescript(OUTBOX_DDL)
+    Database.of(replay_db).upgrade()
     add(replay_db, "claim:c-1", "shop", claim(1), now_ms=T0_MS + 1000)
     for path, now_ms in ((db, T0_MS), (replay_db, T0_MS + 1000)):
         d, outbox = dispatcher(path, {"shop": f"{receiver.url}/claims"})
@@ -166,7 +166,7 @@ def test_a_slow_endpoint_does_not_delay_the_others_in_the_thread(db: Path, recei
         silent.bind(("127.0.0.1", 0))
         silent.listen()
         add(db, "slow:1", "slow", claim(1), now_ms=0)
-        outbox = SqliteOutbox(db)
+        outbox = OutboxTable(db)
         endpoints = {
             "slow": Endpoint(
                 name="slow", url=f"http://127.0.0.1:{silent.getsockname()[1]}/", format="claim", timeout_s=3

@@ -1,55 +1,55 @@
-"""hub.outbox: the table, enqueue inside the caller's transaction, the fair due order, and the backoff schedule."""
+"""hub.outbox on SQLite and PostgreSQL: enqueue inside the caller's transaction, fair due order, backoff schedule."""
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Iterator
-from contextlib import closing
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 from hypothesis import given
 from hypothesis import strategies as st
 
-from hub.outbox import BACKOFF_BASE_S, BACKOFF_MAX_S, OUTBOX_DDL, SqliteOutbox, backoff_s, enqueue
+from hub.db import Database
+from hub.outbox import BACKOFF_BASE_S, BACKOFF_MAX_S, OutboxTable, backoff_s, enqueue
+from tests.support.store import query
 
 
 @pytest.fixture
-def db(tmp_path: Path) -> Path:
-    path = tmp_path / "hub.sqlite3"
-    with closing(sqlite3.connect(path)) as conn:
-        conn.executescript(OUTBOX_DDL)
-    return path
+def db(database_url: str) -> Iterator[Database]:
+    database = Database(database_url)
+    yield database
+    database.dispose()
 
 
 @pytest.fixture
-def outbox(db: Path) -> Iterator[SqliteOutbox]:
-    box = SqliteOutbox(db)
+def outbox(db: Database) -> Iterator[OutboxTable]:
+    box = OutboxTable(db)
     yield box
     box.close()
 
 
-def add(db: Path, event_id: str, endpoint: str = "shop", now_ms: int = 1000) -> bool:
-    with closing(sqlite3.connect(db)) as conn, conn:
+def add(db: Database, event_id: str, endpoint: str = "shop", now_ms: int = 1000) -> bool:
+    with db.writing() as conn:
         return enqueue(conn, event_id=event_id, endpoint=endpoint, kind="claim", payload=b"{}", now_ms=now_ms)
 
 
-def test_enqueue_rides_the_callers_transaction(db: Path, outbox: SqliteOutbox) -> None:
-    with closing(sqlite3.connect(db)) as conn:
-        conn.execute("CREATE TABLE claims (id TEXT PRIMARY KEY)")
-        conn.commit()
-        conn.execute("INSERT INTO claims VALUES ('c-1')")
-        assert enqueue(conn, event_id="claim:c-1", endpoint="shop", kind="claim", payload=b"{}", now_ms=5)
-        assert outbox.pending_count() == 0  # not committed: the dispatcher cannot see it
-        conn.rollback()
+def test_enqueue_rides_the_callers_transaction(db: Database, outbox: OutboxTable) -> None:
+    state_change = sa.text("INSERT INTO lots (lot_id, gtin, created_ms) VALUES ('L-1', '06901234567892', 1)")
+    with db.engine.connect() as conn:
+        with conn.begin() as transaction:
+            conn.execute(state_change)
+            assert enqueue(conn, event_id="claim:c-1", endpoint="shop", kind="claim", payload=b"{}", now_ms=5)
+            assert outbox.pending_count() == 0  # not committed: the dispatcher cannot see it
+            transaction.rollback()
         assert outbox.pending_count() == 0  # rolled back with the state change
-        conn.execute("INSERT INTO claims VALUES ('c-1')")
-        enqueue(conn, event_id="claim:c-1", endpoint="shop", kind="claim", payload=b"{}", now_ms=5)
-        conn.commit()
+        with conn.begin():
+            conn.execute(state_change)
+            enqueue(conn, event_id="claim:c-1", endpoint="shop", kind="claim", payload=b"{}", now_ms=5)
     assert outbox.pending_count() == 1
 
 
-def test_enqueueing_the_same_event_twice_is_a_no_op(db: Path, outbox: SqliteOutbox) -> None:
+def test_enqueueing_the_same_event_twice_is_a_no_op(db: Database, outbox: OutboxTable) -> None:
     assert add(db, "claim:c-1") is True
     assert add(db, "claim:c-1", now_ms=99_999) is False
     assert outbox.pending_count() == 1
@@ -58,14 +58,14 @@ def test_enqueueing_the_same_event_twice_is_a_no_op(db: Path, outbox: SqliteOutb
 
 
 def test_the_dispatchers_connection_creates_the_table(tmp_path: Path) -> None:
-    box = SqliteOutbox(tmp_path / "fresh.sqlite3")
+    box = OutboxTable(tmp_path / "fresh.sqlite3")
     try:
         assert box.pending_count() == 0
     finally:
         box.close()
 
 
-def test_due_respects_next_attempt_and_delivery(db: Path, outbox: SqliteOutbox) -> None:
+def test_due_respects_next_attempt_and_delivery(db: Database, outbox: OutboxTable) -> None:
     add(db, "e1", now_ms=1000)
     add(db, "e2", now_ms=2000)
     assert [r.event_id for r in outbox.due(1500, 10)] == ["e1"]
@@ -76,12 +76,11 @@ def test_due_respects_next_attempt_and_delivery(db: Path, outbox: SqliteOutbox) 
     [again] = outbox.due(60_000, 10)
     assert (again.event_id, again.attempts) == ("e1", 1)
     assert outbox.pending_count() == 1
-    with closing(sqlite3.connect(db)) as conn:
-        rows = conn.execute("SELECT event_id, attempts, delivered_ms, last_error FROM outbox ORDER BY id").fetchall()
+    rows = query(db.display_url, "SELECT event_id, attempts, delivered_ms, last_error FROM outbox ORDER BY id")
     assert rows == [("e1", 1, None, "HTTP 503"), ("e2", 1, 2100, None)]
 
 
-def test_due_interleaves_endpoints_so_a_backlog_cannot_starve_others(db: Path, outbox: SqliteOutbox) -> None:
+def test_due_interleaves_endpoints_so_a_backlog_cannot_starve_others(db: Database, outbox: OutboxTable) -> None:
     for i in range(50):
         add(db, f"dead-{i}", endpoint="dead", now_ms=i)
     add(db, "shop-1", endpoint="shop", now_ms=100)
@@ -91,12 +90,11 @@ def test_due_interleaves_endpoints_so_a_backlog_cannot_starve_others(db: Path, o
     assert next(r for r in heads if r.endpoint == "dead").event_id == "dead-0"  # oldest first within one endpoint
 
 
-def test_long_errors_are_cut(db: Path, outbox: SqliteOutbox) -> None:
+def test_long_errors_are_cut(db: Database, outbox: OutboxTable) -> None:
     add(db, "e1")
     [row] = outbox.due(1000, 1)
     outbox.retry_later(row.id, 2000, "x" * 10_000)
-    with closing(sqlite3.connect(db)) as conn:
-        (error,) = conn.execute("SELECT last_error FROM outbox").fetchone()
+    [(error,)] = query(db.display_url, "SELECT last_error FROM outbox")
     assert len(error) == 500
 
 

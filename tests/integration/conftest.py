@@ -12,7 +12,7 @@ from firmware_sims.probe import ProbeBusSimulator
 from firmware_sims.xymd02 import ProbeSpec
 from tests.support.hub import API_TOKEN, Hub
 from tests.support.processes import Child
-from tests.support.servers import Mosquitto, free_port, require_binary
+from tests.support.servers import Mosquitto, VictoriaMetrics, free_port, require_binary
 
 
 @pytest.fixture(scope="session")
@@ -40,6 +40,34 @@ def broker_factory(mosquitto_binary: str, tmp_path: Path) -> Iterator[Callable[.
 @pytest.fixture
 def broker(broker_factory: Callable[..., Mosquitto]) -> Mosquitto:
     return broker_factory()
+
+
+@pytest.fixture(scope="session")
+def victoria_metrics_binary() -> str:
+    return require_binary("victoria-metrics", "victoria-metrics")
+
+
+@pytest.fixture
+def victoria_metrics_factory(victoria_metrics_binary: str, tmp_path: Path) -> Iterator[Callable[..., VictoriaMetrics]]:
+    """Start VictoriaMetrics servers (``dedup=False`` keeps every duplicate sample visible); all stop at teardown."""
+    started: list[VictoriaMetrics] = []
+
+    def make(*, dedup: bool = True) -> VictoriaMetrics:
+        workdir = tmp_path / f"victoria-metrics{len(started)}"
+        workdir.mkdir()
+        server = VictoriaMetrics(victoria_metrics_binary, workdir, dedup=dedup)
+        server.start()
+        started.append(server)
+        return server
+
+    yield make
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture
+def victoria_metrics(victoria_metrics_factory: Callable[..., VictoriaMetrics]) -> VictoriaMetrics:
+    return victoria_metrics_factory()
 
 
 @pytest.fixture
