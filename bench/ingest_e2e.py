@@ -184,9 +184,9 @@ class HubProcess:
             return conn.execute(sql, params).fetchall()
 
     def stored_readings(self) -> int:
-        """max(rowid) of readings: rows are never deleted, so it is the count, read in O(1)."""
+        """max(id) of readings: rows are never deleted, so it is the count, read in O(1)."""
         try:
-            return int(self.query("SELECT coalesce(max(rowid), 0) FROM readings")[0][0])
+            return int(self.query("SELECT coalesce(max(id), 0) FROM readings")[0][0])
         except sqlite3.OperationalError:
             return 0  # not migrated yet
 

@@ -1,7 +1,9 @@
-"""Hub ingest core without the broker: decode, deduplicate and commit batches to SQLite.
+"""Hub ingest core without the broker: decode, deduplicate and commit batches to the system of record.
 
-Prints readings per second for several batch sizes. Not a test: it never passes or fails.
-Run: make bench-ingest   (PYTHONPATH=. .venv/bin/python bench/ingest_pipeline.py --readings 200000)
+Prints readings per second for several batch sizes, on SQLite and, with ``--postgresql URL`` (a server
+where the user may create databases), on PostgreSQL side by side. Not a test: it never passes or fails.
+Run: make bench-ingest   (PYTHONPATH=. .venv/bin/python bench/ingest_pipeline.py --readings 200000
+     [--postgresql postgresql://postgres@127.0.0.1:5432/postgres])
 """
 
 from __future__ import annotations
@@ -13,7 +15,11 @@ import platform
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+
+import sqlalchemy as sa
 
 from coldchain.messages import Quantity, Reading, TelemetryBatch, encode
 from hub.alarms import AlarmService, AlarmSettings
@@ -43,15 +49,35 @@ def payloads(gateways: int, batch_size: int, total_readings: int) -> list[Inboun
     return messages
 
 
-def run(batch_size: int, total: int, *, detectors: bool) -> tuple[float, float]:
+@contextmanager
+def fresh_store(postgresql: str | None) -> Iterator[str]:
+    """A new SQLite file, or a new database on the PostgreSQL server, dropped afterwards."""
+    if postgresql is None:
+        with tempfile.TemporaryDirectory() as workdir:
+            yield str(Path(workdir) / "bench.sqlite3")
+        return
+    admin = sa.create_engine(sa.make_url(postgresql).set(drivername="postgresql+psycopg"), isolation_level="AUTOCOMMIT")
+    name = f"cc_bench_{uuid.uuid4().hex[:12]}"
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    try:
+        yield sa.make_url(postgresql).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f'DROP DATABASE "{name}" WITH (FORCE)')
+        admin.dispose()
+
+
+def run(batch_size: int, total: int, *, detectors: bool, postgresql: str | None = None) -> tuple[float, float]:
     messages = payloads(50, batch_size, total)
-    with tempfile.TemporaryDirectory() as workdir:
+    with fresh_store(postgresql) as store:
         judge = None
         if detectors:  # every series judged against the chilled-produce profile, alarms committed
             profile = load_profile_book(Path("config/profiles.toml")).profiles["chilled-produce"]
             judge = lambda: DetectorSet(lambda _key: profile)  # noqa: E731
         alarms = AlarmService(AlarmSettings(), None, lambda _gateway: None)
-        pipeline = IngestPipeline(IngestWriter(Path(workdir) / "bench.sqlite3", alarms), detectors=judge)
+        writer = IngestWriter(store, alarms)
+        pipeline = IngestPipeline(writer, detectors=judge)
         started = time.perf_counter()
         for i in range(0, len(messages), GROUP_MESSAGES):
             pipeline.process(messages[i : i + GROUP_MESSAGES])
@@ -62,6 +88,8 @@ def run(batch_size: int, total: int, *, detectors: bool) -> tuple[float, float]:
         dup_elapsed = time.perf_counter() - dup_started
         stored = pipeline.stats.snapshot()["readings_stored"]
         assert stored == len(messages) * batch_size, stored
+        writer.close()
+        writer.database.dispose()
     return stored / elapsed, stored / dup_elapsed
 
 
@@ -69,17 +97,25 @@ def main() -> None:
     logging.getLogger("hub").setLevel(logging.ERROR)
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--readings", type=int, default=200_000)
+    parser.add_argument("--postgresql", metavar="URL", help="also run on this PostgreSQL server (creates databases)")
     args = parser.parse_args()
-    print(
-        f"machine: {platform.machine()} {os.cpu_count()} cores, Python {platform.python_version()}, SQLite file in tmp"
-    )
+    print(f"machine: {platform.machine()} {os.cpu_count()} cores, Python {platform.python_version()}")
+    backends: list[tuple[str, str | None]] = [("SQLite file in tmp", None)]
+    if args.postgresql:
+        backends.append(("PostgreSQL " + sa.make_url(args.postgresql).render_as_string(), args.postgresql))
     for detectors in (False, True):
         print("with every detector judging every reading" if detectors else "storage only (no product profile)")
-        print(f"{'batch size':>10} {'stored readings/s':>18} {'duplicate readings/s':>21}")
+        header = "".join(f" {name[:10] + ' stored/s':>22} {'dup/s':>12}" for name, _ in backends)
+        print(f"{'batch size':>10}{header}")
         for batch_size in (1, 10, 100, 500):
             total = args.readings if batch_size > 1 else min(args.readings, 20_000)
-            new_rate, dup_rate = run(batch_size, total, detectors=detectors)
-            print(f"{batch_size:>10} {new_rate:>18,.0f} {dup_rate:>21,.0f}")
+            cells = []
+            for _, url in backends:
+                new_rate, dup_rate = run(batch_size, total, detectors=detectors, postgresql=url)
+                cells.append(f" {new_rate:>22,.0f} {dup_rate:>12,.0f}")
+            print(f"{batch_size:>10}{''.join(cells)}")
+    for name, _ in backends:
+        print(f"  {name}")
 
 
 if __name__ == "__main__":

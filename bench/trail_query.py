@@ -24,13 +24,16 @@ import statistics
 import tempfile
 import time
 from collections.abc import Callable
+from contextlib import closing
 from pathlib import Path
 
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from hub.custody import stays_of
-from hub.store import ROLLUP_BUCKET_MS, IngestWriter, connect
+from hub.db import Database
+from hub.schema import ROLLUP_BUCKET_MS
+from hub.store import IngestWriter
 from hub.traceability import keys
 from hub.traceability.model import NodeInfo
 from hub.traceability.public import PublicService, add_public_routes
@@ -102,7 +105,11 @@ def build_store(db: Path, args: argparse.Namespace, rng: random.Random) -> dict[
             if kind == "courier_box" and at <= end:
                 reads += [(gw, "r1", hexa, uri, at, -50.0, 1, "delivery", 0) for uri, hexa in epcs]
     conn.execute("BEGIN")
-    conn.executemany("INSERT INTO tag_reads VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", reads)
+    conn.executemany(
+        "INSERT INTO tag_reads (gateway_id, reader_id, epc_hex, epc_uri, ts_ms, rssi_dbm, antenna, action, seq)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        reads,
+    )
     now = end
     conn.executemany(
         "INSERT INTO lots VALUES (?, ?, ?, ?)", [(lot, "80614141123458", "blueberries", now) for lot, _ in lots]
@@ -214,7 +221,7 @@ def main() -> None:
         db = Path(args.keep) if args.keep else Path(tmp) / "hub.sqlite3"
         built = build_store(db, args, rng)
         size = sum(p.stat().st_size for p in db.parent.glob(db.name + "*"))
-        with connect(db) as conn:
+        with closing(sqlite3.connect(db)) as conn:
             counts = {
                 t: conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0]
                 for t in ("rollups", "tag_reads", "lots", "lot_items", "orders", "order_items", "alarms", "claims")
@@ -226,7 +233,8 @@ def main() -> None:
         print("rows: " + ", ".join(f"{t} {n:,}" for t, n in counts.items()))
 
         nodes = {g: NodeInfo(g, k, label_en=f"{k} {g}", city_en="Kunming") for g, k in built["kinds"].items()}  # type: ignore[union-attr]
-        conn = connect(db)
+        database = Database.of(db)
+        conn = database.engine.connect()
         item_orders = built["item_orders"]
         lots = built["lots"]
         order_epcs = dict(item_orders)  # type: ignore[arg-type]
@@ -260,19 +268,18 @@ def main() -> None:
         row("  of which trail._delivered, lot", timed(lambda: _delivered(conn, next(it2)[1]), args.lot_queries))
 
         settings = PublicSettings(base_url="https://trace.example.com", rate_per_s=1e9, rate_burst=10**9)
-        service = PublicService(db, nodes, settings, SECRET)
+        service = PublicService(database, nodes, settings, SECRET)
         lit = iter(lot_sample * 2)
         row(
             "PublicService lot view, cache miss (per lot per second)",
             timed(lambda: service._lot_view(next(lit)[0]), args.lot_queries),
         )
 
-        with connect(db) as wconn:
-            wconn.execute("BEGIN IMMEDIATE")
+        conn.rollback()  # end the read transaction the trails opened, so the writer can take the lock
+        with database.writing() as wconn:
             now_ms = int(time.time() * 1000)
             order_keys = [keys.issue(wconn, SECRET, o, ttl_s=86400, now_ms=now_ms) for o in sample]
             lot_keys = [keys.issue(wconn, SECRET, f"lord-{lot}", ttl_s=86400, now_ms=now_ms) for lot, _ in lot_sample]
-            wconn.execute("COMMIT")
         app = FastAPI()
         add_public_routes(app, service)
         with TestClient(app) as client:

@@ -7,7 +7,8 @@ portable SQL, so one code path serves both backends. What differs lives here:
   only after a commit: a commit a power cut could undo would turn that receipt into a lost batch),
   foreign keys on, and write transactions opened with ``BEGIN IMMEDIATE`` so two writers (ingest and
   the outbox dispatcher) queue on the lock instead of failing to upgrade a read lock.
-- PostgreSQL: psycopg 3, connections checked before use (a restarted server is not an error).
+- PostgreSQL: psycopg 3, connections checked before use (a restarted server is not an error), and
+  ``synchronous_commit`` raised to ``on`` where a server turned it off: a receipt must outlive a crash.
 
 Schema changes are Alembic migrations (``hub/migrations``); :meth:`Database.upgrade` applies them.
 """
@@ -124,9 +125,22 @@ class Database:
     def _postgres_engine(url: URL) -> Engine:
         if url.drivername == "postgresql":
             url = url.set(drivername="postgresql+psycopg")
-        return sa.create_engine(
+        engine = sa.create_engine(
             url, pool_size=POOL_SIZE, max_overflow=POOL_SIZE, pool_pre_ping=True, pool_recycle=POOL_RECYCLE_S
         )
+
+        @event.listens_for(engine, "connect")
+        def _durable_commits(dbapi_connection: Any, _record: object) -> None:
+            # The hub receipts a gateway once COMMIT returns; with synchronous_commit=off a server
+            # crash forgets the last commits and the gateway has already deleted those batches.
+            cursor = dbapi_connection.cursor()
+            cursor.execute("SHOW synchronous_commit")
+            if cursor.fetchone()[0] == "off":
+                cursor.execute("SET synchronous_commit TO on")
+            cursor.close()
+            dbapi_connection.commit()
+
+        return engine
 
     def writer(self) -> Connection:
         """A long-lived connection whose transactions take the write lock when they begin."""

@@ -5,10 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 
 from coldchain.errors import ConfigError
 from hub.config import StoreConfig
 from hub.db import Database, StoreError
+from tests.support.postgres import PostgresServer
 
 
 def test_the_embedded_default_is_a_sqlite_file() -> None:
@@ -67,3 +69,21 @@ def test_a_pre_migration_sqlite_store_is_refused_with_what_to_do(tmp_path: Path)
             database.upgrade()
     finally:
         database.dispose()
+
+
+def test_the_hub_turns_synchronous_commit_back_on(postgres_server: PostgresServer) -> None:
+    # A receipt goes out when COMMIT returns: a server that may forget acknowledged commits would
+    # make the gateway delete batches the hub then loses in a crash.
+    url = postgres_server.create_database()
+    name = sa.make_url(url).database
+    admin = Database(url)
+    with admin.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.execute(sa.text(f'ALTER DATABASE "{name}" SET synchronous_commit = off'))
+    admin.dispose()
+    database = Database(url)
+    try:
+        with database.reading() as conn:
+            assert conn.execute(sa.text("SHOW synchronous_commit")).scalar_one() == "on"
+    finally:
+        database.dispose()
+        postgres_server.drop_database(url)

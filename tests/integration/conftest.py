@@ -74,8 +74,9 @@ def victoria_metrics(victoria_metrics_factory: Callable[..., VictoriaMetrics]) -
 def hub_factory(tmp_path: Path) -> Iterator[Callable[..., Hub]]:
     hubs: list[Hub] = []
 
-    def make(broker: Mosquitto, *, top_toml: str = "", tables_toml: str = "") -> Hub:
-        """A hub on ``broker``; ``top_toml`` adds top-level keys, ``tables_toml`` whole tables."""
+    def make(broker: Mosquitto, *, top_toml: str = "", tables_toml: str = "", store_url: str | None = None) -> Hub:
+        """A hub on ``broker``; ``top_toml`` adds top-level keys, ``tables_toml`` whole tables;
+        ``store_url`` a database instead of a SQLite file in the hub's folder."""
         workdir = tmp_path / f"hub{len(hubs)}"
         workdir.mkdir()
         api_port = free_port()
@@ -88,7 +89,7 @@ port = {broker.port}
 username = "hub"
 
 [store]
-path = "{workdir / "hub.sqlite3"}"
+{f'url = "{store_url}"' if store_url else f'path = "{workdir / "hub.sqlite3"}"'}
 
 [api]
 port = {api_port}
@@ -104,6 +105,7 @@ scopes = ["read", "command", "staff", "orders"]
             Child("hub", ["hub", "run", "--config", str(config)], workdir),
             workdir / "hub.sqlite3",
             f"http://127.0.0.1:{api_port}",
+            store_url,
         )
         hubs.append(hub)
         return hub

@@ -112,6 +112,13 @@ def test_full_disk_budget_drops_the_oldest_and_tells_the_hub_exactly_what(
     time.sleep(20)  # ~100 batches of ~600 bytes: far over a 12 kB budget
     broker.start()
     wait_until(lambda: hub.scalar("SELECT count(*) FROM gaps WHERE source = 'gateway'") >= 1, 60, "no gap record")
+
+    def seqs_in(source: str) -> set[int]:
+        ranges = hub.query("SELECT first_seq, last_seq FROM gaps WHERE source = ?", source)
+        return {seq for first, last in ranges for seq in range(int(first), int(last) + 1)}  # type: ignore[call-overload]
+
+    # Records ride on the batches after the drop: wait until they name every seq the hub saw skipped.
+    wait_until(lambda: seqs_in("hub") <= seqs_in("gateway"), 60, "gap records missing")
     sampled, last_seq = stop_agent(agent)
 
     gaps = hub.query(

@@ -36,15 +36,15 @@ def assert_store_exact(hub: Hub, gateway_id: str, sampled: int, last_seq: int) -
     assert hub.scalar("SELECT count(*) FROM readings WHERE gateway_id = ?", gateway_id) == sampled
     assert hub.scalar("SELECT sum(reading_count) FROM batches WHERE gateway_id = ?", gateway_id) == sampled
     doubled = hub.scalar(
-        "SELECT count(*) FROM (SELECT 1 FROM readings GROUP BY sensor_id, quantity, ts_ms HAVING count(*) > 1)"
+        "SELECT count(*) FROM (SELECT 1 FROM readings GROUP BY sensor_id, quantity, ts_ms HAVING count(*) > 1) AS d"
     )
     assert doubled == 0
     assert hub.scalar("SELECT acked_seq FROM gateways WHERE gateway_id = ?", gateway_id) == last_seq
     assert hub.scalar("SELECT count(*) FROM gaps") == 0
     # in order: taken in seq order, each sensor's timestamps only go forward
     backwards = hub.scalar(
-        "SELECT count(*) FROM (SELECT ts_ms < lag(ts_ms) OVER (PARTITION BY sensor_id, quantity ORDER BY seq, rowid)"
-        " AS back FROM readings WHERE gateway_id = ?) WHERE back",
+        "SELECT count(*) FROM (SELECT ts_ms < lag(ts_ms) OVER (PARTITION BY sensor_id, quantity ORDER BY seq, id)"
+        " AS back FROM readings WHERE gateway_id = ?) AS b WHERE back",
         gateway_id,
     )
     assert backwards == 0

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import sqlalchemy as sa
 
 from tests.support.processes import Child
 
@@ -19,7 +20,10 @@ API_TOKEN = "integration-test-token-0123456789"
 class Hub:
     child: Child
     db_path: Path
+    """The SQLite file, or (with ``db_url``) the folder the hub runs in."""
     api_url: str
+    db_url: str | None = None
+    """A PostgreSQL store's URL; ``None``: the SQLite file at ``db_path``."""
 
     def wait_ready(self, timeout_s: float = 20) -> None:
         deadline = time.monotonic() + timeout_s
@@ -40,8 +44,16 @@ class Hub:
         return self
 
     def query(self, sql: str, *params: object) -> list[tuple[object, ...]]:
-        with closing(sqlite3.connect(self.db_path)) as conn:
-            return conn.execute(sql, params).fetchall()
+        """Rows of ``sql`` with ``?`` placeholders, on whichever backend the hub stores in."""
+        if self.db_url is None:
+            with closing(sqlite3.connect(self.db_path)) as conn:
+                return conn.execute(sql, params).fetchall()
+        engine = sa.create_engine(sa.make_url(self.db_url).set(drivername="postgresql+psycopg"))
+        try:
+            with engine.connect() as conn:
+                return [tuple(row) for row in conn.exec_driver_sql(sql.replace("?", "%s"), params)]
+        finally:
+            engine.dispose()
 
     def scalar(self, sql: str, *params: object) -> int:
         return int(self.query(sql, *params)[0][0] or 0)
