@@ -14,8 +14,13 @@ Also printed: the bench process's peak RSS after the exports (at most one batch 
 whatever the backlog), then line formatting alone (``reading_line``) against influxdb-client's ``Point``,
 the reason the exporter builds lines by hand.
 
+With ``--from-store``, the rows come from a real system of record instead: a SQLite file filled
+through the hub's own ``IngestPipeline`` first, read back by ``SeriesStoreSource`` (what the hub runs);
+``--postgresql URL`` does the same on a fresh database of that server.
+
 Run: PYTHONPATH=. .venv/bin/python bench/series_export.py
      PYTHONPATH=. .venv/bin/python bench/series_export.py --readings 200000 --batch-points 5000
+     PYTHONPATH=. .venv/bin/python bench/series_export.py --readings 500000 --batch-points 5000 --from-store
 """
 
 from __future__ import annotations
@@ -35,6 +40,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from coldchain.messages import Quantity, Reading, TelemetryBatch, encode
+from hub.ingest import Inbound, IngestPipeline
 from hub.series_export import (
     ExportHealth,
     ExportReading,
@@ -43,6 +50,7 @@ from hub.series_export import (
     SeriesExporter,
     reading_line,
 )
+from hub.store import IngestWriter, SeriesStoreSource
 from tests.support.servers import VictoriaMetrics
 
 SENSORS = (("chiller", "temperature"), ("chiller", "humidity"), ("freezer", "temperature"), ("door", "temperature"))
@@ -118,14 +126,56 @@ def formatting_rates(source: GeneratedSource, count: int) -> tuple[float, float]
     return ours, count / (time.perf_counter() - started)
 
 
-def run_once(binary: str, workdir: Path, readings: int, gateways: int, batch_points: int) -> tuple[float, int, int]:
+def filled_store(target: str, readings: int, gateways: int) -> SeriesStoreSource:
+    """A system of record holding ``readings`` committed through the hub's pipeline (500 per batch)."""
+    generated = GeneratedSource(readings, gateways)
+    writer = IngestWriter(target)
+    pipeline = IngestPipeline(writer)
+    boot = "0" * 32
+    batch: dict[str, list[Reading]] = {}
+    seqs: dict[str, int] = {}
+    group: list[Inbound] = []
+    started = time.perf_counter()
+    for row_id in range(1, readings + 1):
+        row = generated.row(row_id)
+        pending = batch.setdefault(row.gateway_id, [])
+        pending.append(Reading(row.sensor_id, Quantity(row.quantity), row.ts_ms, row.value))
+        if len(pending) == 500 or row_id == readings:
+            seqs[row.gateway_id] = seq = seqs.get(row.gateway_id, 0) + 1
+            message = TelemetryBatch(row.gateway_id, boot, seq, 1, pending)
+            group.append(Inbound(f"cc/v1/gw/{row.gateway_id}/telemetry", encode(message), 0))
+            batch[row.gateway_id] = []
+        if len(group) == 100:
+            pipeline.process(group)
+            group = []
+    for gateway_id, pending in batch.items():
+        if pending:
+            seqs[gateway_id] = seq = seqs.get(gateway_id, 0) + 1
+            message = TelemetryBatch(gateway_id, boot, seq, 1, pending)
+            group.append(Inbound(f"cc/v1/gw/{gateway_id}/telemetry", encode(message), 0))
+    if group:
+        pipeline.process(group)
+    writer.close()
+    print(
+        f"store filled: {readings:,} readings in {time.perf_counter() - started:.1f} s ({writer.database.display_url})"
+    )
+    return SeriesStoreSource(writer.database)
+
+
+def run_once(
+    binary: str, workdir: Path, readings: int, gateways: int, batch_points: int, store: str | None = None
+) -> tuple[float, int, int]:
     """Export ``readings`` through a fresh VictoriaMetrics; (seconds, samples stored, largest read)."""
     vm = VictoriaMetrics(binary, workdir, dedup=True)
     vm.start()
     try:
-        source = GeneratedSource(readings, gateways)
+        source: GeneratedSource | SeriesStoreSource = (
+            GeneratedSource(readings, gateways) if store is None else filled_store(store, readings, gateways)
+        )
         config = SeriesConfig(url=vm.url, batch_points=batch_points, flush_interval_s=0.05)
-        exporter = SeriesExporter.from_config(config, source, node_kinds=dict.fromkeys(source.gateways, "cold_store"))
+        exporter = SeriesExporter.from_config(
+            config, source, node_kinds=dict.fromkeys(GeneratedSource(0, gateways).gateways, "cold_store")
+        )
         assert exporter is not None
         started = time.perf_counter()
         exporter.start()
@@ -135,12 +185,28 @@ def run_once(binary: str, workdir: Path, readings: int, gateways: int, batch_poi
         exporter.stop()
         counters = exporter.snapshot()
         assert counters["points_written"] == readings, counters
+        if isinstance(source, SeriesStoreSource):
+            source.database.dispose()
         # Counted by a query rather than /api/v1/export: two million samples as JSON would dwarf the
         # exporter's own memory in the RSS figure.
         (result,) = vm.query('sum(count_over_time({__name__=~"cc_reading_.*"}[31d]))')
-        return elapsed, int(result["value"][1]), source.largest_read
+        return elapsed, int(result["value"][1]), getattr(source, "largest_read", batch_points)
     finally:
         vm.stop()
+
+
+def new_postgres_database(server_url: str) -> str:
+    """A fresh database on ``server_url`` (left behind for inspection: drop cc_bench_* by hand)."""
+    import uuid
+
+    import sqlalchemy as sa
+
+    admin = sa.create_engine(sa.make_url(server_url).set(drivername="postgresql+psycopg"), isolation_level="AUTOCOMMIT")
+    name = f"cc_bench_{uuid.uuid4().hex[:12]}"
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    admin.dispose()
+    return sa.make_url(server_url).set(database=name).render_as_string(hide_password=False)
 
 
 def main() -> None:
@@ -148,6 +214,8 @@ def main() -> None:
     parser.add_argument("--readings", type=int, default=1_000_000)
     parser.add_argument("--gateways", type=int, default=100)
     parser.add_argument("--batch-points", default="1000,5000,20000", help="comma-separated batch sizes")
+    parser.add_argument("--from-store", action="store_true", help="read the rows from a SQLite system of record")
+    parser.add_argument("--postgresql", metavar="URL", help="read them from a new database on this server")
     args = parser.parse_args()
     binary = shutil.which("victoria-metrics")
     if binary is None:
@@ -176,7 +244,12 @@ def main() -> None:
         for index, size in enumerate(int(part) for part in args.batch_points.split(",")):
             workdir = Path(tmp) / f"vm{index}"
             workdir.mkdir()
-            elapsed, samples, largest = run_once(binary, workdir, args.readings, args.gateways, size)
+            store = None
+            if args.postgresql:
+                store = new_postgres_database(args.postgresql)
+            elif args.from_store:
+                store = str(workdir / "hub.sqlite3")
+            elapsed, samples, largest = run_once(binary, workdir, args.readings, args.gateways, size, store)
             exact = "exact" if samples == 2 * args.readings else f"MISMATCH, expected {2 * args.readings:,}"
             print(
                 f"| {size:,} | {elapsed:.2f} | {args.readings / elapsed:,.0f} | {samples / elapsed:,.0f}"
