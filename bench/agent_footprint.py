@@ -5,6 +5,9 @@
 2. Replay after a one-hour outage: one hour of those 16 sensors (115,200 readings, temperature
    and humidity) waits in the agent's disk buffer; the agent starts with the hub reachable, and
    the time until the hub has receipted all of it gives the replay rate.
+3. Live readings during a replay (``--live-outage-hours``, default 12, so the replay lasts long
+   enough to measure): for every live batch, the time from its newest reading to its commit at the
+   hub, for batches committed while the backlog was still replaying and for those after it.
 
 Run: make bench-agent   (PYTHONPATH=. .venv/bin/python bench/agent_footprint.py --seconds 60; needs mosquitto)
 """
@@ -90,14 +93,18 @@ def footprint(work: Path, broker: Mosquitto, seconds: float, interval: float) ->
             bus.stop()
 
 
-def replay(work: Path, broker: Mosquitto) -> tuple[int, float]:
+def replay(
+    work: Path, broker: Mosquitto, hours: float = 1.0, after_s: float = 0.0
+) -> tuple[int, float, list[int], list[int]]:
+    """(backlog readings, seconds to replay them, live latencies during the replay, after it) in ms."""
     state = work / "state"
-    buffer = DiskBuffer(state / "buffer.sqlite3", GATEWAY, uuid.uuid4().hex, BufferConfig())
-    start_ms = int(time.time() * 1000) - 3_600_000
+    buffer = DiskBuffer(state / "buffer.sqlite3", GATEWAY, uuid.uuid4().hex, BufferConfig(budget_bytes=2**34))
+    outage_ms = int(hours * 3_600_000)
+    start_ms = int(time.time() * 1000) - outage_ms
     sensors = [f"probe-{b}-{a}" for b in range(2) for a in range(1, 9)]
     pending: list[Reading] = []
     total = 0
-    for second in range(3600):
+    for second in range(outage_ms // 1000):
         for sensor in sensors:
             pending += [
                 Reading(sensor, Quantity.TEMPERATURE, start_ms + second * 1000, 4.0),
@@ -116,6 +123,7 @@ def replay(work: Path, broker: Mosquitto) -> tuple[int, float]:
         bus.start()
     api_port = free_port()
     config = write_configs(work, broker.port, api_port, buses, 1.0)
+    config.write_text(config.read_text() + "[buffer]\nbudget_bytes = 1073741824\n")  # keep the whole backlog
     hub = start(["hub", "run", "--config", str(work / "hub.toml")], work / "hub.log")
     try:
         wait_for_port(api_port)
@@ -127,25 +135,44 @@ def replay(work: Path, broker: Mosquitto) -> tuple[int, float]:
         while True:
             with sqlite3.connect(work / "hub.sqlite3") as conn:
                 stored = conn.execute(
-                    "SELECT count(*) FROM readings WHERE ts_ms < ?", (start_ms + 3_600_000,)
+                    "SELECT count(*) FROM readings WHERE ts_ms < ?", (start_ms + outage_ms,)
                 ).fetchone()[0]
             if stored >= total:
                 break
             time.sleep(0.05)
         elapsed = time.monotonic() - began
+        replayed_ms = int(time.time() * 1000)
+        time.sleep(after_s)  # live batches after the backlog, for comparison
         agent.terminate()
         agent.wait(30)
+        with sqlite3.connect(work / "hub.sqlite3") as conn:
+            live = conn.execute(
+                "SELECT b.received_ms, max(r.ts_ms) FROM batches b JOIN readings r ON r.seq = b.seq"
+                " GROUP BY b.seq HAVING min(r.ts_ms) >= ?",
+                (start_ms + outage_ms,),
+            ).fetchall()
+        during = [received - newest for received, newest in live if received <= replayed_ms]
+        after = [received - newest for received, newest in live if received > replayed_ms]
     finally:
         hub.terminate()
         hub.wait(30)
         for bus in buses:
             bus.stop()
-    return total, elapsed
+    return total, elapsed, during, after
+
+
+def percentiles(values: list[int]) -> str:
+    if not values:
+        return "none"
+    ordered = sorted(values)
+    pick = lambda q: ordered[min(len(ordered) - 1, int(q * len(ordered)))]  # noqa: E731
+    return f"{len(ordered)} batches, p50 {pick(0.5)} ms, p99 {pick(0.99)} ms, max {ordered[-1]} ms"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seconds", type=float, default=60.0)
+    parser.add_argument("--live-outage-hours", type=float, default=12.0)
     args = parser.parse_args()
     binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}")
@@ -164,13 +191,27 @@ def main() -> None:
         broker = Mosquitto(binary, work)
         broker.start()
         try:
-            total, elapsed = replay(work, broker)
+            total, elapsed, _, _ = replay(work, broker)
         finally:
             broker.stop()
     print(
         f"replay of a one-hour outage: {total:,} readings in {elapsed:.2f} s = {total / elapsed:,.0f} readings/s"
         " (agent start-up included)"
     )
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        broker = Mosquitto(binary, work)
+        broker.start()
+        try:
+            total, elapsed, during, after = replay(work, broker, hours=args.live_outage_hours, after_s=30)
+        finally:
+            broker.stop()
+    print(
+        f"replay of a {args.live_outage_hours:g}-hour outage: {total:,} readings in {elapsed:.2f} s"
+        f" = {total / elapsed:,.0f} readings/s"
+    )
+    print(f"  live batches committed during the replay: newest reading to commit {percentiles(during)}")
+    print(f"  live batches committed after it:          newest reading to commit {percentiles(after)}")
 
 
 if __name__ == "__main__":
