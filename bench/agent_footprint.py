@@ -5,9 +5,10 @@
 2. Replay after a one-hour outage: one hour of those 16 sensors (115,200 readings, temperature
    and humidity) waits in the agent's disk buffer; the agent starts with the hub reachable, and
    the time until the hub has receipted all of it gives the replay rate.
-3. Live readings during a replay (``--live-outage-hours``, default 12, so the replay lasts long
+3. Live readings during a replay (``--live-outage-hours``, default 24, so the replay lasts long
    enough to measure): for every live batch, the time from its newest reading to its commit at the
-   hub, for batches committed while the backlog was still replaying and for those after it.
+   hub, for batches committed while the backlog was still replaying and for those after it (live
+   batches are cut every second here, not every 10 s, to have many to time).
 
 Run: make bench-agent   (PYTHONPATH=. .venv/bin/python bench/agent_footprint.py --seconds 60; needs mosquitto)
 """
@@ -43,7 +44,14 @@ def start(args: list[str], log: Path) -> subprocess.Popen[bytes]:
         return subprocess.Popen([sys.executable, "-m", "coldchain", *args], stdout=handle, stderr=subprocess.STDOUT)
 
 
-def write_configs(work: Path, broker_port: int, api_port: int, buses: list[ProbeBusSimulator], interval: float) -> Path:
+def write_configs(
+    work: Path,
+    broker_port: int,
+    api_port: int,
+    buses: list[ProbeBusSimulator],
+    interval: float,
+    batch_age_s: float = 10.0,
+) -> Path:
     (work / "hub.toml").write_text(
         f'[mqtt]\nport = {broker_port}\nusername = "hub"\n[store]\npath = "{work / "hub.sqlite3"}"\n'
         f'[api]\nport = {api_port}\n[[api.tokens]]\nname = "b"\n'
@@ -52,7 +60,7 @@ def write_configs(work: Path, broker_port: int, api_port: int, buses: list[Probe
     text = (
         f'gateway_id = "{GATEWAY}"\nstate_dir = "{work / "state"}"\n'
         f'[mqtt]\nport = {broker_port}\nusername = "{GATEWAY}"\n'
-        f"[sampling]\ninterval_s = {interval}\n[courier_view]\nenabled = false\n"
+        f"[sampling]\ninterval_s = {interval}\nbatch_max_age_s = {batch_age_s}\n[courier_view]\nenabled = false\n"
     )
     for b, bus in enumerate(buses):
         text += f'[[buses]]\nkind = "modbus_rtu_probe"\nport = "{bus.path}"\n'
@@ -122,7 +130,8 @@ def replay(
     for bus in buses:
         bus.start()
     api_port = free_port()
-    config = write_configs(work, broker.port, api_port, buses, 1.0)
+    # Live batches cut every second, so a replay of some seconds has many of them to time.
+    config = write_configs(work, broker.port, api_port, buses, 1.0, batch_age_s=1.0)
     config.write_text(config.read_text() + "[buffer]\nbudget_bytes = 1073741824\n")  # keep the whole backlog
     hub = start(["hub", "run", "--config", str(work / "hub.toml")], work / "hub.log")
     try:
@@ -172,7 +181,7 @@ def percentiles(values: list[int]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seconds", type=float, default=60.0)
-    parser.add_argument("--live-outage-hours", type=float, default=12.0)
+    parser.add_argument("--live-outage-hours", type=float, default=24.0)
     args = parser.parse_args()
     binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}")
