@@ -55,6 +55,10 @@ GROUP_MAX_MESSAGES: Final = 500
 GROUP_MAX_BYTES: Final = 512 * 1024
 """Payload bytes per transaction (about 8,000 readings): a reading that opens an alarm never waits behind
 more than a fraction of a second of work, however large the batches are (bench/alarm_latency.py)."""
+INBOX_MAX_BYTES: Final = 16 * 1024 * 1024
+"""Payload bytes taken off the broker and not yet in a commit group. Past it paho's network thread waits
+before reading more, so TCP pushes back and the broker queues (its max_queued_messages): the hub's memory
+stays bounded whatever the load (bench/ingest_e2e.py overload grew 4.4 MiB/s without it)."""
 GROUP_MAX_WAIT_S: Final = 0.02
 """Longest a message waits for its group to fill; bounds the added receipt latency."""
 DETECTOR_WARMUP_S: Final = 24 * 3600.0
@@ -67,6 +71,13 @@ TICK_INTERVAL_S: Final = 5.0
 """How often silence and escalations are checked: far finer than their minutes-long thresholds."""
 RECONNECT_MIN_S: Final = 1
 RECONNECT_MAX_S: Final = 30
+INBOX_WAIT_S: Final = 0.5
+"""A full inbox is re-checked at least this often, so a stopping hub never waits on it for long."""
+RECEIPTS_IN_FLIGHT: Final = 1000
+"""paho's limit on unacknowledged QoS 1 publishes: at most one receipt per gateway is in flight (coalesced),
+so this only needs to exceed the gateways one hub serves, or receipts queue inside paho behind the limit."""
+RECEIPT_STALL_S: Final = 30.0
+"""A receipt not acknowledged by the broker this long is superseded by the newer one all the same."""
 SESSION_SUBSCRIPTIONS: Final = (
     topics.Channel.TELEMETRY,
     topics.Channel.STATUS,
@@ -91,6 +102,7 @@ class IngestConfig(msgspec.Struct, forbid_unknown_fields=True):
     group_max_messages: int = GROUP_MAX_MESSAGES
     group_max_bytes: int = GROUP_MAX_BYTES
     group_max_wait_s: float = GROUP_MAX_WAIT_S
+    inbox_max_bytes: int = INBOX_MAX_BYTES
 
 
 @dataclass(frozen=True)
@@ -353,6 +365,9 @@ class MqttIngest:
         self._mqtt = mqtt
         self._config = config
         self._inbox: queue.Queue[Inbound] = queue.Queue()
+        self._inbox_room = threading.Condition()
+        self._inbox_bytes = 0
+        """Payload bytes in ``_inbox``, held under ``config.inbox_max_bytes`` by ``_on_message`` waiting."""
         self._stop = threading.Event()
         self._connected = threading.Event()
         self._connection = 0
@@ -363,6 +378,13 @@ class MqttIngest:
         self._committed = 0
         self._in_hand_oldest_ms: int | None = None
         """received_ms of the first message of the group being committed (None between groups)."""
+        # Receipts are cumulative and retained: only a gateway's newest one matters. One per gateway is in
+        # flight at a time and a newer one waits here, replacing any older waiting one. Without this,
+        # under load every group queued a receipt per gateway inside paho, behind the broker's PUBACKs
+        # (which wait behind megabytes of telemetry on the same socket): minutes of delay and hundreds of
+        # MiB (bench/ingest_e2e.py overload). Only the writer thread touches these.
+        self._receipt_in_flight: dict[str, tuple[paho.MQTTMessageInfo, float]] = {}
+        self._receipt_waiting: dict[str, Receipt] = {}
         client = paho.Client(
             CallbackAPIVersion.VERSION2,
             client_id=config.client_id,
@@ -372,6 +394,7 @@ class MqttIngest:
         )
         configure_client(client, mqtt, allow_placeholder_secret=allow_placeholder_secret)
         client.reconnect_delay_set(RECONNECT_MIN_S, RECONNECT_MAX_S)
+        client.max_inflight_messages_set(RECEIPTS_IN_FLIGHT)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
@@ -393,6 +416,9 @@ class MqttIngest:
         """Stop taking messages, finish the group in hand, save the detectors' state and disconnect."""
         self._stop.set()
         self._writer_thread.join(timeout=10)
+        for receipt in list(self._receipt_waiting.values()):  # the newest of each gateway, whatever is in flight
+            self._receipt_in_flight.pop(receipt.gateway_id, None)
+            self._publish_receipt(receipt)
         try:
             self._pipeline.checkpoint()
         except StoreError as exc:
@@ -435,6 +461,14 @@ class MqttIngest:
         return IngestBacklog(messages, oldest)
 
     def _on_message(self, _client: paho.Client, _userdata: object, msg: paho.MQTTMessage) -> None:
+        size = len(msg.payload)
+        with self._inbox_room:
+            # An empty inbox always takes the message, so one larger than the limit cannot wedge ingest.
+            while self._inbox_bytes and self._inbox_bytes + size > self._config.inbox_max_bytes:
+                if self._stop.is_set():
+                    break
+                self._inbox_room.wait(INBOX_WAIT_S)
+            self._inbox_bytes += size
         self._received += 1  # before the put, so a message is never committed before it is counted
         self._inbox.put(
             Inbound(msg.topic, bytes(msg.payload), int(time.time() * 1000), msg.mid, msg.qos, self._connection)
@@ -457,6 +491,7 @@ class MqttIngest:
                     self._pipeline.checkpoint()
                 except StoreError as exc:
                     log.error("detector checkpoint failed: %s", exc)
+            self._publish_waiting_receipts()
             group = self._next_group()
             while group:
                 try:
@@ -478,11 +513,17 @@ class MqttIngest:
                     self._publish_receipt(receipt)
                 group = []
 
+    def _taken(self, message: Inbound) -> None:
+        with self._inbox_room:
+            self._inbox_bytes -= len(message.payload)
+            self._inbox_room.notify()
+
     def _next_group(self) -> list[Inbound]:
         try:
             first = self._inbox.get(timeout=0.2)
         except queue.Empty:
             return []
+        self._taken(first)
         self._in_hand_oldest_ms = first.received_ms
         group = [first]
         size = len(first.payload)
@@ -498,16 +539,37 @@ class MqttIngest:
                     message = self._inbox.get(timeout=remaining)
                 except queue.Empty:
                     break
+            self._taken(message)
             group.append(message)
             size += len(message.payload)
         return group
 
     def _publish_receipt(self, receipt: Receipt) -> None:
+        """Publish ``receipt`` now, or keep it as the gateway's next one while an older one is in flight."""
+        in_flight = self._receipt_in_flight.get(receipt.gateway_id)
+        if (
+            in_flight is not None
+            and not _acknowledged(in_flight[0])
+            and time.monotonic() - in_flight[1] < RECEIPT_STALL_S
+        ):
+            self._receipt_waiting[receipt.gateway_id] = receipt
+            return
+        self._receipt_waiting.pop(receipt.gateway_id, None)
         info = self._client.publish(
             topics.topic_for(receipt.gateway_id, topics.Channel.ACK), encode(receipt), qos=1, retain=True
         )
-        if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
+        if info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
+            self._receipt_in_flight[receipt.gateway_id] = (info, time.monotonic())
+            return
+        # Not connected: paho keeps it and sends it after the reconnect; nothing to wait for meanwhile.
+        self._receipt_in_flight.pop(receipt.gateway_id, None)
+        if info.rc != MQTTErrorCode.MQTT_ERR_NO_CONN:
             log.warning("receipt for %s not queued: %s", receipt.gateway_id, info.rc)
+
+    def _publish_waiting_receipts(self) -> None:
+        """Send each waiting receipt whose predecessor the broker has acknowledged (or that stalled)."""
+        for receipt in list(self._receipt_waiting.values()):
+            self._publish_receipt(receipt)
 
     def send_command(self, command: Command) -> None:
         """Record ``command`` and publish it to its gateway (QoS 1); the answer arrives on ``cmd/ack``."""
@@ -519,3 +581,11 @@ class MqttIngest:
     def wait_connected(self, timeout_s: float) -> bool:
         """Block until connected or ``timeout_s`` passed."""
         return self._connected.wait(timeout_s)
+
+
+def _acknowledged(info: paho.MQTTMessageInfo) -> bool:
+    """Whether the broker acknowledged a publish (``is_published`` raises for one that failed to queue)."""
+    try:
+        return info.is_published()
+    except (RuntimeError, ValueError):
+        return False

@@ -398,3 +398,34 @@ def test_metrics_endpoint_speaks_openmetrics_when_asked(hub: Hub, tmp_path: Path
 
 def test_without_a_registry_there_is_no_metrics_route(tmp_path: Path) -> None:
     assert api_client(None, tmp_path).get("/metrics", headers=bearer(SCRAPER)).status_code == 404
+
+
+def test_a_full_inbox_holds_paho_back_until_the_writer_takes_messages(tmp_path: Path) -> None:
+    # Bounded memory under overload: past inbox_max_bytes the network thread waits (TCP then pushes back
+    # to the broker, which queues) instead of the hub holding everything the broker sends.
+    writer = GatedWriter(tmp_path / "hub.sqlite3")
+    first = delivered("gw-q", 1, 1)
+    ingest = MqttIngest(
+        IngestPipeline(writer), MqttConfig(), IngestConfig(group_max_messages=1, inbox_max_bytes=len(first.payload))
+    )
+    ingest._on_message(ingest._client, None, first)  # an empty inbox takes any message
+    second_in = threading.Event()
+
+    def network_thread() -> None:
+        ingest._on_message(ingest._client, None, delivered("gw-q", 2, 2))
+        second_in.set()
+
+    threading.Thread(target=network_thread, daemon=True).start()
+    assert not second_in.wait(1.0)  # the inbox is full: paho's thread is held back
+    assert ingest.backlog().messages == 1
+    ingest._writer_thread.start()  # the writer takes the first message into its group: room again
+    try:
+        assert second_in.wait(10)
+        writer.gate.set()
+        deadline = time.monotonic() + 10
+        while ingest.backlog().messages and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert ReadStore(writer.path).reading_count() == 2
+    finally:
+        writer.gate.set()
+        ingest.stop()

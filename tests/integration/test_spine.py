@@ -156,3 +156,28 @@ def test_hub_away_behind_a_dropping_broker_still_gets_every_reading_once(
     sampled, last_seq = stop_agent(agent)
     assert hub.scalar("SELECT count(*) FROM batches") > 30 / 0.2 * 0.5  # batches kept coming while the hub was away
     assert_store_exact(hub, "gw-test-1", sampled, last_seq)
+
+
+def test_after_a_burst_every_gateways_newest_receipt_is_retained(
+    broker: Mosquitto, hub_factory: Callable[[Mosquitto], Hub]
+) -> None:
+    # Receipts are coalesced per gateway while one is in flight: the newest must still always go out.
+    hub = hub_factory(broker).start()
+    gateways = [f"gw-burst-{n:02d}" for n in range(40)]
+    batches = {gateway_id: make_batches(gateway_id, count=25, readings_per_batch=4) for gateway_id in gateways}
+    publisher = TestClient(broker.port)
+    for seq in range(25):  # interleaved, as many gateways publishing at once
+        for gateway_id in gateways:
+            publisher.client.publish(
+                topics.topic_for(gateway_id, topics.Channel.TELEMETRY), batches[gateway_id][seq], qos=1
+            )
+    wait_until(lambda: hub.scalar("SELECT count(*) FROM batches") == 40 * 25, 60, "burst not stored")
+    publisher.close()
+
+    late_subscriber = TestClient(broker.port)  # sees only what the broker retained
+    for gateway_id in gateways:
+        late_subscriber.watch_receipts(gateway_id)
+    for gateway_id in gateways:
+        late_subscriber.wait_receipt(gateway_id, 25, timeout_s=10)
+    late_subscriber.close()
+    assert hub.scalar("SELECT count(*) FROM readings") == 40 * 25 * 4
