@@ -27,6 +27,7 @@ from hub.detectors.detector_set import DetectorSet
 from hub.ingest import Inbound, IngestPipeline
 from hub.profiles import load_profile_book
 from hub.store import IngestWriter
+from tests.support.postgres import PostgresServer
 
 GROUP_MESSAGES = 500
 
@@ -56,16 +57,13 @@ def fresh_store(postgresql: str | None) -> Iterator[str]:
         with tempfile.TemporaryDirectory() as workdir:
             yield str(Path(workdir) / "bench.sqlite3")
         return
-    admin = sa.create_engine(sa.make_url(postgresql).set(drivername="postgresql+psycopg"), isolation_level="AUTOCOMMIT")
-    name = f"cc_bench_{uuid.uuid4().hex[:12]}"
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    server = PostgresServer(postgresql)
+    url = server.create_database()
     try:
-        yield sa.make_url(postgresql).set(database=name).render_as_string(hide_password=False)
+        yield url
     finally:
-        with admin.connect() as conn:
-            conn.exec_driver_sql(f'DROP DATABASE "{name}" WITH (FORCE)')
-        admin.dispose()
+        server.drop_database(url)
+        server.stop()
 
 
 def run(batch_size: int, total: int, *, detectors: bool, postgresql: str | None = None) -> tuple[float, float]:

@@ -51,6 +51,7 @@ from hub.series_export import (
     reading_line,
 )
 from hub.store import IngestWriter, SeriesStoreSource
+from tests.support.postgres import PostgresServer
 from tests.support.servers import VictoriaMetrics
 
 SENSORS = (("chiller", "temperature"), ("chiller", "humidity"), ("freezer", "temperature"), ("door", "temperature"))
@@ -196,17 +197,12 @@ def run_once(
 
 
 def new_postgres_database(server_url: str) -> str:
-    """A fresh database on ``server_url`` (left behind for inspection: drop cc_bench_* by hand)."""
-    import uuid
-
-    import sqlalchemy as sa
-
-    admin = sa.create_engine(sa.make_url(server_url).set(drivername="postgresql+psycopg"), isolation_level="AUTOCOMMIT")
-    name = f"cc_bench_{uuid.uuid4().hex[:12]}"
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
-    admin.dispose()
-    return sa.make_url(server_url).set(database=name).render_as_string(hide_password=False)
+    """A fresh database on ``server_url`` (left behind for inspection: drop the cc_* databases by hand)."""
+    server = PostgresServer(server_url)
+    try:
+        return server.create_database()
+    finally:
+        server.stop()
 
 
 def main() -> None:

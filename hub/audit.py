@@ -144,7 +144,7 @@ def verify_chain(target: Database | Path | str, *, anchor: tuple[int, str] | Non
     entry with that id must still exist and still have that hash.
     """
     try:
-        database = _read_only(target)
+        database = Database.of(target, read_only=True)
     except StoreError as exc:
         return ChainReport(ok=False, entries=0, first_bad_id=None, reason=str(exc))
     try:
@@ -156,19 +156,8 @@ def verify_chain(target: Database | Path | str, *, anchor: tuple[int, str] | Non
         reason = f"cannot read the audit log of {database.display_url}: {exc}"
         return ChainReport(ok=False, entries=0, first_bad_id=None, reason=reason)
     finally:
-        database.dispose()
-
-
-def _read_only(target: Database | Path | str) -> Database:
-    """A SQLite file opened read-only (verifying never creates or changes one), or the database as given."""
-    if isinstance(target, Database):
-        return target
-    if isinstance(target, Path) or "://" not in target:
-        path = Path(target).resolve()
-        if not path.is_file():
-            raise StoreError(f"cannot open {target}: no such file")
-        return Database(f"sqlite:///file:{path}?mode=ro&uri=true")
-    return Database(target)
+        if database is not target:  # a caller's database keeps its pool
+            database.dispose()
 
 
 def _walk(conn: Connection, anchor: tuple[int, str] | None) -> ChainReport:

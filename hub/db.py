@@ -69,12 +69,21 @@ class Database:
         self.engine = self._sqlite_engine(parsed) if self.backend == "sqlite" else self._postgres_engine(parsed)
 
     @classmethod
-    def of(cls, target: Database | Path | str) -> Database:
-        """``target`` itself, or a database opened from a URL or a SQLite file path."""
+    def of(cls, target: Database | Path | str, *, read_only: bool = False) -> Database:
+        """``target`` itself, or a database opened from a URL or a SQLite file path.
+
+        ``read_only`` opens a SQLite file without the right to create or change it (and refuses a
+        missing one); it does not apply to a server database or to ``target`` given as a ``Database``.
+        """
         if isinstance(target, Database):
             return target
         if isinstance(target, Path) or "://" not in target:
-            return cls(sqlite_url(target))
+            if not read_only:
+                return cls(sqlite_url(target))
+            path = Path(target).resolve()
+            if not path.is_file():
+                raise StoreError(f"cannot open {target}: no such file")
+            return cls(f"sqlite:///file:{path}?mode=ro&uri=true")
         return cls(target)
 
     @property

@@ -109,7 +109,8 @@ class OutboxTable:
     def __init__(self, target: Database | Path | str) -> None:
         self._owns_database = not isinstance(target, Database)
         self.database = Database.of(target)
-        self.database.upgrade()
+        if self._owns_database:  # a shared database was migrated (or checked) by its owner already
+            self.database.upgrade()
 
     def due(self, now_ms: int, limit: int) -> list[OutboxRow]:
         """Undelivered rows whose time has come, in enqueue order per endpoint, endpoints interleaved.

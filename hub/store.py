@@ -143,32 +143,23 @@ class IngestWriter:
             with self.transaction() as conn:
                 self._write_batches(plan.new_batches, now_ms)
                 self._write_cursors(plan.cursors, now_ms)
-                _insert_many(
+                _bulk_insert(
                     conn,
-                    schema.gaps,
-                    [
-                        {
-                            "gateway_id": g.gateway_id,
-                            "first_seq": g.first_seq,
-                            "last_seq": g.last_seq,
-                            "boot_id": g.boot_id,
-                            "detected_ms": now_ms,
-                        }
-                        for g in plan.gaps
-                    ],
+                    _GAP_COLUMNS,
+                    [(g.gateway_id, g.first_seq, g.last_seq, g.boot_id, now_ms) for g in plan.gaps],
                 )
-                _insert_many(
+                _bulk_insert(
                     conn,
-                    schema.rejected,
+                    _REJECTED_COLUMNS,
                     [
-                        {
-                            "received_ms": r.received_ms,
-                            "topic": r.topic,
-                            "reason": r.reason,
-                            "detail": r.detail,
-                            "payload_size": len(r.payload),
-                            "payload": r.payload[:REJECTED_PAYLOAD_KEEP_BYTES],
-                        }
+                        (
+                            r.received_ms,
+                            r.topic,
+                            r.reason,
+                            r.detail,
+                            len(r.payload),
+                            r.payload[:REJECTED_PAYLOAD_KEEP_BYTES],
+                        )
                         for r in rejections
                     ],
                 )
@@ -480,12 +471,11 @@ class IngestWriter:
         self._conn.close()
 
 
-def _insert_many(conn: Connection, table: Table, rows: list[dict[str, Any]]) -> None:
-    """One multi-row INSERT (skipped when there are no rows: an empty executemany is an error)."""
-    if rows:
-        conn.execute(insert(table), rows)
-
-
+_GAP_COLUMNS: Final = (schema.gaps, ("gateway_id", "first_seq", "last_seq", "boot_id", "detected_ms"))
+_REJECTED_COLUMNS: Final = (
+    schema.rejected,
+    ("received_ms", "topic", "reason", "detail", "payload_size", "payload"),
+)
 _BATCH_COLUMNS: Final = (schema.batches, ("gateway_id", "seq", "boot_id", "received_ms", "reading_count"))
 _READING_COLUMNS: Final = (
     schema.readings,
@@ -524,7 +514,7 @@ def _insert_sql(table: Table, columns: tuple[str, ...], paramstyle: str) -> str:
 
 
 def _bulk_insert(conn: Connection, target: tuple[Table, tuple[str, ...]], rows: list[tuple[Any, ...]]) -> None:
-    """Rows as tuples straight to the driver's ``executemany``, for the per-reading tables.
+    """Rows as tuples straight to the driver's ``executemany`` (none: nothing is sent).
 
     SQLAlchemy's per-row parameter processing cost twice the insert itself (bench/ingest_pipeline.py:
     81,500 against 270,000 readings/s on SQLite at 500 per batch); the columns and placeholders come

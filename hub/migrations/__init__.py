@@ -21,7 +21,7 @@ MIGRATION_LOCK_KEY: Final = 0x636F6C64  # "cold": PostgreSQL advisory lock held 
 """Two hub processes starting together on one PostgreSQL database migrate one after the other."""
 
 
-def _config(connection: Connection) -> Config:
+def _config(connection: Connection | None = None) -> Config:
     config = Config()
     config.set_main_option("script_location", str(Path(__file__).parent))
     config.attributes["connection"] = connection
@@ -30,9 +30,7 @@ def _config(connection: Connection) -> Config:
 
 def head() -> str:
     """The newest revision the code knows."""
-    config = Config()
-    config.set_main_option("script_location", str(Path(__file__).parent))
-    revision = ScriptDirectory.from_config(config).get_current_head()
+    revision = ScriptDirectory.from_config(_config()).get_current_head()
     assert revision is not None, "hub/migrations has no revisions"
     return revision
 

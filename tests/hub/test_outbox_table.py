@@ -18,6 +18,7 @@ from tests.support.store import query
 @pytest.fixture
 def db(database_url: str) -> Iterator[Database]:
     database = Database(database_url)
+    database.upgrade()  # as the hub's writer does before the dispatcher shares its database
     yield database
     database.dispose()
 

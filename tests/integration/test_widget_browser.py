@@ -7,7 +7,6 @@ is compensated, and keeps the last state, marked, when the hub goes away.
 
 from __future__ import annotations
 
-import os
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -19,14 +18,12 @@ from coldchain import topics
 from coldchain.messages import Quantity, Reading, TagAction, TagRead, TelemetryBatch, encode
 from tests.support.hub import Hub
 from tests.support.mqtt import TestClient
-from tests.support.servers import Mosquitto, free_port, require_binary
+from tests.support.servers import Mosquitto, free_port, require_binary, unavailable
 
 try:
     from playwright.sync_api import Browser, Page, expect, sync_playwright
 except ImportError:  # pragma: no cover - the dev extra installs it
-    if os.environ.get("CI") == "true":
-        raise
-    pytest.skip("playwright is not installed (pip install playwright)", allow_module_level=True)
+    unavailable("playwright is not installed (pip install playwright)", module=True)
 
 pytestmark = pytest.mark.integration
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sqlite3
 import time
 from contextlib import closing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -24,6 +24,7 @@ class Hub:
     api_url: str
     db_url: str | None = None
     """A PostgreSQL store's URL; ``None``: the SQLite file at ``db_path``."""
+    _engine: sa.Engine | None = field(default=None, repr=False)
 
     def wait_ready(self, timeout_s: float = 20) -> None:
         deadline = time.monotonic() + timeout_s
@@ -48,12 +49,11 @@ class Hub:
         if self.db_url is None:
             with closing(sqlite3.connect(self.db_path)) as conn:
                 return conn.execute(sql, params).fetchall()
-        engine = sa.create_engine(sa.make_url(self.db_url).set(drivername="postgresql+psycopg"))
-        try:
-            with engine.connect() as conn:
-                return [tuple(row) for row in conn.exec_driver_sql(sql.replace("?", "%s"), params)]
-        finally:
-            engine.dispose()
+        if self._engine is None:  # one per hub, not per query: tests poll in loops
+            url = sa.make_url(self.db_url).set(drivername="postgresql+psycopg")
+            self._engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
+        with self._engine.connect() as conn:
+            return [tuple(row) for row in conn.exec_driver_sql(sql.replace("?", "%s"), params)]
 
     def scalar(self, sql: str, *params: object) -> int:
         return int(self.query(sql, *params)[0][0] or 0)

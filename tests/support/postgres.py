@@ -16,10 +16,9 @@ import uuid
 from pathlib import Path
 from typing import Final
 
-import pytest
 import sqlalchemy as sa
 
-from tests.support.servers import free_port
+from tests.support.servers import free_port, unavailable
 
 POSTGRES_URL_ENV: Final = "COLDCHAIN_TEST_POSTGRES_URL"
 START_TIMEOUT_S: Final = 60
@@ -52,10 +51,7 @@ class PostgresServer:
         """initdb + pg_ctl start a cluster in a temporary folder (as user ``postgres`` when run as root)."""
         bin_dir = postgres_bin_dir()
         if bin_dir is None:
-            message = "PostgreSQL server binaries not found (apt-get install postgresql)"
-            if os.environ.get("CI") == "true":
-                pytest.fail(message)
-            pytest.skip(message)
+            unavailable("PostgreSQL server binaries not found (apt-get install postgresql)")
         holder = tempfile.TemporaryDirectory(prefix="coldchain-pg-")
         root = Path(holder.name)
         data, sockets = root / "data", root / "run"
@@ -128,7 +124,7 @@ class PostgresServer:
         subprocess.run(self._start, check=True, capture_output=True)
 
     def stop(self) -> None:
-        """Stop a throwaway cluster and delete its files."""
+        """Close the admin connections; a throwaway cluster is also stopped and its files deleted."""
         self._admin.dispose()
         if self._process_dir is not None and self._bin is not None:
             subprocess.run(

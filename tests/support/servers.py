@@ -12,7 +12,7 @@ import urllib.parse
 import urllib.request
 from contextlib import closing
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import pytest
 
@@ -25,14 +25,18 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def unavailable(message: str, *, module: bool = False) -> NoReturn:
+    """Something a test needs is missing: under CI=true that fails the run; elsewhere the test is skipped."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(message)
+    pytest.skip(message, allow_module_level=module)
+
+
 def require_binary(name: str, package: str) -> str:
     """The path of ``name``; under CI=true a missing binary fails the run instead of skipping."""
     path = shutil.which(name) or (f"/usr/sbin/{name}" if Path(f"/usr/sbin/{name}").exists() else None)
     if path is None:
-        message = f"{name} is not installed (Debian package {package}); `make test` installs it when run as root"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
+        unavailable(f"{name} is not installed (Debian package {package}); `make test` installs it when run as root")
     return path
 
 
