@@ -160,9 +160,13 @@ class SeriesDetector(Generic[S]):
         if reading.ts_ms <= state.last_ts_ms:
             self.late_readings += 1
             return []
-        findings = self._next(key, state, reading, profile)
+        findings = self.step(key, state, reading, profile)
         state.last_ts_ms = reading.ts_ms
         return findings
+
+    def state_of(self, key: SeriesKey) -> S | None:
+        """The state of ``key``, or ``None`` while the detector has not started judging it."""
+        return self._states.get(key)
 
     def tick(self, now_ms: int) -> list[Finding]:
         """Only the silence detector is driven by the clock; the others find nothing here."""
@@ -181,15 +185,23 @@ class SeriesDetector(Generic[S]):
         self._states = {SeriesKey(*key): state for key, state in self._decoder.decode(data)}
 
     def _start(self, key: SeriesKey, reading: Reading, profile: ProductProfile) -> S | None:
-        """The state for a series' first reading, or ``None`` when the profile leaves nothing to judge."""
+        """The state for a series' first reading, or ``None`` when the profile leaves nothing to judge.
+
+        Whether it is ``None`` must depend on the key and the profile only: the ``DetectorSet`` does
+        not ask again while the profile of the series stays the same object.
+        """
         raise NotImplementedError
 
     def _first(self, key: SeriesKey, state: S, reading: Reading, profile: ProductProfile) -> list[Finding]:
         """Findings from the first reading of a series (most detectors need a history first)."""
         return []
 
-    def _next(self, key: SeriesKey, state: S, reading: Reading, profile: ProductProfile) -> list[Finding]:
-        """Findings from a reading newer than ``state.last_ts_ms`` (updated by the caller afterwards)."""
+    def step(self, key: SeriesKey, state: S, reading: Reading, profile: ProductProfile) -> list[Finding]:
+        """Findings from a reading newer than ``state.last_ts_ms``; the caller sets ``last_ts_ms`` afterwards.
+
+        Public for the ``DetectorSet``, which checks lateness once for all detectors and calls this
+        directly; anyone else calls ``feed``.
+        """
         raise NotImplementedError
 
 

@@ -50,7 +50,7 @@ class CumulativeDetector(SeriesDetector[CumulativeState]):
             return None
         return CumulativeState(reading.ts_ms, reading.ts_ms, _outside(reading.value, low, high))
 
-    def _next(self, key: SeriesKey, state: CumulativeState, reading: Reading, profile: ProductProfile) -> list[Finding]:
+    def step(self, key: SeriesKey, state: CumulativeState, reading: Reading, profile: ProductProfile) -> list[Finding]:
         low, high, _ = value_range(profile, key.quantity)
         if state.outside:
             state.out_ms += min(reading.ts_ms - state.last_ts_ms, int(profile.silent_after_s * 1000))

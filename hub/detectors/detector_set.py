@@ -8,7 +8,7 @@ from typing import Any, Final
 import msgspec
 
 from coldchain.messages import Quality, Reading
-from hub.detectors.base import Finding, ProfileFor, SeriesDetector, SeriesKey
+from hub.detectors.base import Finding, ProfileFor, SeriesDetector, SeriesKey, SeriesState
 from hub.detectors.cumulative import CumulativeDetector
 from hub.detectors.fluctuation import FluctuationDetector
 from hub.detectors.mkt import MktDetector
@@ -16,6 +16,7 @@ from hub.detectors.out_of_range import OutOfRangeDetector
 from hub.detectors.rate import RateOfChangeDetector
 from hub.detectors.silent import SilentSensorDetector
 from hub.detectors.stuck import StuckSensorDetector
+from hub.profiles import ProductProfile
 
 SNAPSHOT_VERSION: Final = 1
 
@@ -45,6 +46,25 @@ def default_detectors(profile_for: ProfileFor) -> list[SeriesDetector[Any]]:
     ]
 
 
+class _Series:
+    """What the set keeps per series: the newest judged reading time and every detector's state.
+
+    ``states`` holds each detector's state in detector order (``None`` where the detector does not
+    judge the series under ``profile``), the same objects the detectors keep, so a reading is judged
+    with one dictionary lookup instead of one per detector. ``states`` is ``None`` until the series
+    has been judged once, and again after a ``reset`` or a ``restore``: the next reading then goes
+    through each detector's own ``observe``, which starts what needs starting, and ``states`` is
+    taken afresh.
+    """
+
+    __slots__ = ("newest_ms", "profile", "states")
+
+    def __init__(self, newest_ms: int) -> None:
+        self.newest_ms = newest_ms
+        self.profile: ProductProfile | None = None
+        self.states: list[SeriesState | None] | None = None
+
+
 class DetectorSet:
     """Runs every detector on each reading of a series and returns all their findings in order.
 
@@ -53,6 +73,8 @@ class DetectorSet:
     ``bad`` (the sensor reported an error; the value is kept only for the record) are counted in
     ``bad_readings`` and judged by none either: a sensor sending only errors is as good as silent.
     A series whose ``profile_for`` is ``None`` is not judged.
+
+    The set owns its detectors' state: reset a series through the set, not through a detector.
     """
 
     def __init__(self, profile_for: ProfileFor, detectors: Sequence[SeriesDetector[Any]] | None = None) -> None:
@@ -64,26 +86,43 @@ class DetectorSet:
         names = [detector.kind.value for detector in self.detectors]
         if len(set(names)) != len(names):
             raise ValueError(f"one detector per kind, got {names}")
-        self._newest: dict[SeriesKey, int] = {}
+        self._steps = tuple(detector.step for detector in self.detectors)
+        self._series: dict[SeriesKey, _Series] = {}
         self.late_readings = 0
         self.bad_readings = 0
 
     def feed(self, key: SeriesKey, reading: Reading) -> list[Finding]:
         """Judge one reading of ``key`` with every detector."""
-        newest = self._newest.get(key)
-        if newest is not None and reading.ts_ms <= newest:
+        ts = reading.ts_ms
+        series = self._series.get(key)
+        if series is not None and ts <= series.newest_ms:
             self.late_readings += 1
             return []
         if reading.quality is Quality.BAD:
             self.bad_readings += 1
             return []
-        self._newest[key] = reading.ts_ms
+        if series is None:
+            series = self._series[key] = _Series(ts)
+        else:
+            series.newest_ms = ts
         profile = self._profile_for(key)
         if profile is None:
             return []
+        states = series.states
         findings: list[Finding] = []
-        for detector in self.detectors:
-            findings += detector.observe(key, reading, profile)
+        if states is None or profile is not series.profile:
+            for detector in self.detectors:
+                findings += detector.observe(key, reading, profile)
+            series.profile = profile
+            series.states = [detector.state_of(key) for detector in self.detectors]
+            return findings
+        # The hot path: every state here is older than ``ts`` (checked above), as ``observe`` would check.
+        for step, state in zip(self._steps, states, strict=True):
+            if state is not None:
+                found = step(key, state, reading, profile)
+                state.last_ts_ms = ts
+                if found:
+                    findings += found
         return findings
 
     def feed_batch(self, gateway_id: str, readings: Iterable[Reading]) -> list[Finding]:
@@ -109,6 +148,9 @@ class DetectorSet:
         for detector in self.detectors:
             if isinstance(detector, CumulativeDetector):
                 detector.reset(key)
+        series = self._series.get(key)
+        if series is not None:
+            series.states = None
 
     def snapshot(self) -> bytes:
         """The state of every detector and of the late-reading rule, as msgspec JSON."""
@@ -117,7 +159,7 @@ class DetectorSet:
                 SNAPSHOT_VERSION,
                 self.late_readings,
                 self.bad_readings,
-                list(self._newest.items()),
+                [(key, series.newest_ms) for key, series in self._series.items()],
                 {detector.kind.value: msgspec.Raw(detector.snapshot()) for detector in self.detectors},
             )
         )
@@ -138,6 +180,6 @@ class DetectorSet:
                 detector.restore(snapshot.detectors[detector.kind.value])
             except msgspec.DecodeError as exc:
                 raise ValueError(f"detector snapshot of {detector.kind.value} is invalid: {exc}") from exc
-        self._newest = dict(snapshot.newest)
+        self._series = {SeriesKey(*key): _Series(newest_ms) for key, newest_ms in snapshot.newest}
         self.late_readings = snapshot.late_readings
         self.bad_readings = snapshot.bad_readings

@@ -1,20 +1,25 @@
 """Abnormal fluctuation: erratic jumps between readings, judged with robust statistics.
 
-The detector keeps the last ``WINDOW`` first differences (value minus previous value) of a
-series. Their median and MAD (median absolute deviation, times 1.4826 to estimate a standard
+The detector keeps the last ``WINDOW`` steps of a series: the change from one judged reading to
+the next, judged readings being at least ``MIN_STEP_MS`` apart. The statistics were tuned on 5 s
+sampling; a series read faster, such as a probe that measures once a second read at 10 Hz (nine
+repeats in ten), would otherwise fill the window with zero steps, collapse the MAD to its floor
+and take the probe's ordinary noise for jumps. Between two judged readings the step is the largest
+swing from the earlier one, so a spike shorter than a step still counts.
+
+The steps' median and MAD (median absolute deviation, times 1.4826 to estimate a standard
 deviation; never below ``MIN_SCALE``, half the probe's resolution, so a quiet quantised series does
-not divide by zero) are recomputed every ``RECOMPUTE_EVERY`` readings, which keeps the cost O(1)
-amortised; each new difference gets a robust z-score against them. The median and MAD ignore the
-jumps themselves, so a burst of them cannot hide by inflating the scale as a standard deviation
-would. A finding (warning) opens when ``fluctuation_outliers`` of the window's differences reach
-``fluctuation_z`` (one glitch is not a fluctuation) and closes when none is left in the window.
-Judged once the window is full. Gaussian noise alone reaches z = 8 with probability about 1e-15
-per step: the false alarms that remain come from real, if harmless, jumps (docs/detectors.md).
+not divide by zero) are recomputed every ``RECOMPUTE_EVERY`` steps, which keeps the cost O(1)
+amortised; each new step gets a robust z-score against them. The median and MAD ignore the jumps
+themselves, so a burst of them cannot hide by inflating the scale as a standard deviation would. A
+finding (warning) opens when ``fluctuation_outliers`` of the window's steps reach ``fluctuation_z``
+(one glitch is not a fluctuation) and closes when none is left in the window. Judged once the
+window is full. Gaussian noise alone reaches z = 8 with probability about 1e-15 per step: the false
+alarms that remain come from real, if harmless, jumps (docs/detectors.md).
 """
 
 from __future__ import annotations
 
-import statistics
 from collections import deque
 from typing import ClassVar, Final
 
@@ -34,7 +39,10 @@ from hub.detectors.base import (
 from hub.profiles import ProductProfile
 
 WINDOW: Final = 60
-"""Differences kept per series: five minutes at 5 s, enough for a stable median and MAD."""
+"""Steps kept per series: five minutes at 5 s, enough for a stable median and MAD."""
+
+MIN_STEP_MS: Final = 4_000
+"""Shortest step judged: 5 s sampling with its jitter passes whole; faster sampling is judged near it."""
 
 RECOMPUTE_EVERY: Final = 10
 """Readings between two computations of the median and MAD: the scale changes slowly."""
@@ -47,7 +55,11 @@ MIN_SCALE: Final[dict[Quantity, float]] = {Quantity.TEMPERATURE: 0.05, Quantity.
 
 
 class FluctuationState(SeriesState, array_like=True, gc=False):
-    """Per-series state: the recent differences, their outlier flags and the cached median and scale."""
+    """Per-series state: the recent steps, their outlier flags and the cached median and scale.
+
+    ``last_value`` is the value of the last judged reading, at ``last_value_ms``; ``swing`` the
+    largest change from it seen since (the step being built).
+    """
 
     last_value: float
     diffs: deque[float] = msgspec.field(default_factory=deque)
@@ -58,6 +70,8 @@ class FluctuationState(SeriesState, array_like=True, gc=False):
     since_recompute: int = RECOMPUTE_EVERY
     open_since_ms: int | None = None
     worst_z: float = 0.0
+    last_value_ms: int = 0
+    swing: float = 0.0
 
 
 class FluctuationDetector(SeriesDetector[FluctuationState]):
@@ -67,40 +81,48 @@ class FluctuationDetector(SeriesDetector[FluctuationState]):
     state_type: ClassVar[type[SeriesState]] = FluctuationState
 
     def _start(self, key: SeriesKey, reading: Reading, profile: ProductProfile) -> FluctuationState | None:
-        return FluctuationState(reading.ts_ms, reading.value)
+        return FluctuationState(reading.ts_ms, reading.value, last_value_ms=reading.ts_ms)
 
-    def _next(
-        self, key: SeriesKey, state: FluctuationState, reading: Reading, profile: ProductProfile
-    ) -> list[Finding]:
-        diff = reading.value - state.last_value
-        state.last_value = reading.value
+    def step(self, key: SeriesKey, state: FluctuationState, reading: Reading, profile: ProductProfile) -> list[Finding]:
+        value = reading.value
+        change = value - state.last_value
+        if abs(change) > abs(state.swing):
+            state.swing = change
+        if reading.ts_ms - state.last_value_ms < MIN_STEP_MS:
+            return []
+        diff, state.swing = state.swing, 0.0
+        state.last_value, state.last_value_ms = value, reading.ts_ms
         diffs, flags = state.diffs, state.flags
         if len(diffs) < WINDOW:
             diffs.append(diff)
             flags.append(False)
             return []
         if state.since_recompute >= RECOMPUTE_EVERY:
-            state.median = statistics.median(diffs)
-            mad = statistics.median([abs(d - state.median) for d in diffs])
-            state.scale = max(MAD_TO_SIGMA * mad, MIN_SCALE[key.quantity])
+            state.median, state.scale = _median_and_scale(diffs, MIN_SCALE[key.quantity])
             state.since_recompute = 0
         state.since_recompute += 1
         z = abs(diff - state.median) / state.scale
         outlier = z >= profile.fluctuation_z
         diffs.popleft()
-        state.outliers -= flags.popleft()
         diffs.append(diff)
+        if flags.popleft():
+            state.outliers -= 1
         flags.append(outlier)
-        state.outliers += outlier
-        return self._judge(key, state, reading, profile, z)
-
-    def _judge(
-        self, key: SeriesKey, state: FluctuationState, reading: Reading, profile: ProductProfile, z: float
-    ) -> list[Finding]:
-        ts = reading.ts_ms
+        if outlier:
+            state.outliers += 1
+        # Most steps change nothing: answer those here rather than in ``_judge``.
         if state.open_since_ms is None:
             if state.outliers < profile.fluctuation_outliers:
                 return []
+        elif state.outliers:
+            state.worst_z = max(state.worst_z, z)
+            return []
+        return self._judge(key, state, reading, z)
+
+    def _judge(self, key: SeriesKey, state: FluctuationState, reading: Reading, z: float) -> list[Finding]:
+        """Open (enough outliers, none open) or close (one open, no outlier left)."""
+        ts = reading.ts_ms
+        if state.open_since_ms is None:
             state.open_since_ms, state.worst_z = ts, z
             return [
                 Finding(
@@ -112,13 +134,11 @@ class FluctuationDetector(SeriesDetector[FluctuationState]):
                     ts,
                     reading.value,
                     0.0,
-                    f"{describe(key)} fluctuating: {state.outliers} jumps in the last {WINDOW} readings, latest "
+                    f"{describe(key)} fluctuating: {state.outliers} jumps in the last {WINDOW} steps, latest "
                     f"z = {z:.1f} (typical step {state.scale:.3f} {unit(key.quantity)})",
                 )
             ]
         state.worst_z = max(state.worst_z, z)
-        if state.outliers:
-            return []
         started, state.open_since_ms = state.open_since_ms, None
         duration_s = (ts - started) / 1000
         return [
@@ -134,3 +154,17 @@ class FluctuationDetector(SeriesDetector[FluctuationState]):
                 f"{describe(key)} steady again after {duration_s / 60:.1f} min (largest z = {state.worst_z:.1f})",
             )
         ]
+
+
+def _median_and_scale(diffs: deque[float], min_scale: float) -> tuple[float, float]:
+    """The median of ``diffs`` and their MAD as a standard deviation, floored at ``min_scale``."""
+    ordered = sorted(diffs)
+    median = _middle(ordered)
+    deviations = sorted([d - median if d > median else median - d for d in ordered])
+    return median, max(MAD_TO_SIGMA * _middle(deviations), min_scale)
+
+
+def _middle(ordered: list[float]) -> float:
+    """The median of a sorted, non-empty list."""
+    half = len(ordered) // 2
+    return ordered[half] if len(ordered) % 2 else (ordered[half - 1] + ordered[half]) / 2

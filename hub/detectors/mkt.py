@@ -15,6 +15,7 @@ on its first minutes. An open finding closes when the MKT is back at or under th
 
 from __future__ import annotations
 
+import functools
 import math
 from collections import deque
 from typing import ClassVar, Final
@@ -53,6 +54,12 @@ def mkt_term(temp_c: float) -> float:
     return math.exp(-DELTA_H_OVER_R_K * (1.0 / (temp_c + KELVIN) - 1.0 / REFERENCE_K))
 
 
+@functools.lru_cache(maxsize=64)
+def _limit_term(limit_c: float) -> float:
+    """``mkt_term`` of a profile's limit: a mean term above it is an MKT above the limit."""
+    return mkt_term(limit_c)
+
+
 def mkt_from_mean_term(mean_term: float) -> float:
     """The MKT in °C from the weighted mean of ``mkt_term`` values."""
     return DELTA_H_OVER_R_K / (DELTA_H_OVER_R_K / REFERENCE_K - math.log(mean_term)) - KELVIN
@@ -82,7 +89,7 @@ class MktDetector(SeriesDetector[MktState]):
             return None
         return MktState(reading.ts_ms, reading.value)
 
-    def _next(self, key: SeriesKey, state: MktState, reading: Reading, profile: ProductProfile) -> list[Finding]:
+    def step(self, key: SeriesKey, state: MktState, reading: Reading, profile: ProductProfile) -> list[Finding]:
         limit = profile.mkt_limit_c
         if limit is None:
             return []
@@ -108,6 +115,9 @@ class MktDetector(SeriesDetector[MktState]):
             state.total_weight = math.fsum(state.weights)
             state.total_term = math.fsum(state.terms)
         if state.total_weight < MKT_MIN_COVERAGE * profile.mkt_window_s:
+            return []
+        # The MKT rises with the mean term: compare terms, and take the logarithm only when it matters.
+        if state.open_since_ms is None and state.total_term <= state.total_weight * _limit_term(limit):
             return []
         mkt = mkt_from_mean_term(state.total_term / state.total_weight)
         return self._judge(key, state, ts, mkt, limit)

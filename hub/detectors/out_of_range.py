@@ -51,9 +51,9 @@ class OutOfRangeDetector(SeriesDetector[OutOfRangeState]):
     def _first(
         self, key: SeriesKey, state: OutOfRangeState, reading: Reading, profile: ProductProfile
     ) -> list[Finding]:
-        return self._next(key, state, reading, profile)
+        return self.step(key, state, reading, profile)
 
-    def _next(self, key: SeriesKey, state: OutOfRangeState, reading: Reading, profile: ProductProfile) -> list[Finding]:
+    def step(self, key: SeriesKey, state: OutOfRangeState, reading: Reading, profile: ProductProfile) -> list[Finding]:
         low, high, hysteresis = value_range(profile, key.quantity)
         value, ts = reading.value, reading.ts_ms
         outside = (low is not None and value < low) or (high is not None and value > high)

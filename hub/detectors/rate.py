@@ -39,6 +39,9 @@ DOOR_MIN_SPAN: Final = 0.75
 DOOR_CLOSE_FRACTION: Final = 0.5
 """The door finding closes below half the opening rate, so a rate near the threshold does not flap."""
 
+DOOR_WINDOW_MS: Final = DOOR_WINDOW_S * 1000
+DOOR_MIN_SPAN_MS: Final = DOOR_WINDOW_MS * DOOR_MIN_SPAN
+
 MINUTE_MS: Final = 60_000
 """Averaging step of the sustained-rise test: means of 12 readings at 5 s cut the noise 3.5-fold."""
 
@@ -74,18 +77,21 @@ class RateOfChangeDetector(SeriesDetector[RateState]):
         state.values.append(reading.value)
         return state
 
-    def _next(self, key: SeriesKey, state: RateState, reading: Reading, profile: ProductProfile) -> list[Finding]:
+    def step(self, key: SeriesKey, state: RateState, reading: Reading, profile: ProductProfile) -> list[Finding]:
         ts, value = reading.ts_ms, reading.value
-        self._roll_minute(state, ts, value, profile)
+        if ts // MINUTE_MS == state.minute:
+            state.minute_sum += value
+            state.minute_count += 1
+        else:
+            self._roll_minute(state, ts, value, profile)
         times, values = state.times, state.values
         times.append(ts)
         values.append(value)
-        window_ms = DOOR_WINDOW_S * 1000
-        while ts - times[0] > window_ms:
+        while ts - times[0] > DOOR_WINDOW_MS:
             times.popleft()
             values.popleft()
         span_ms = ts - times[0]
-        rate = (value - values[0]) * 60_000 / span_ms if span_ms >= window_ms * DOOR_MIN_SPAN else 0.0
+        rate = (value - values[0]) * 60_000 / span_ms if span_ms >= DOOR_MIN_SPAN_MS else 0.0
         threshold = profile.door_rate_c_per_min
         state.door = abs(rate) >= (threshold * DOOR_CLOSE_FRACTION if state.door else threshold)
         sustained = state.rising_minutes * 60 >= profile.sustained_rise_s
@@ -122,11 +128,8 @@ class RateOfChangeDetector(SeriesDetector[RateState]):
         return []
 
     def _roll_minute(self, state: RateState, ts: int, value: float, profile: ProductProfile) -> None:
+        """Close the minute of ``state`` and start the one of ``ts`` with ``value``."""
         minute = ts // MINUTE_MS
-        if minute == state.minute:
-            state.minute_sum += value
-            state.minute_count += 1
-            return
         mean = state.minute_sum / state.minute_count
         # A minute without readings breaks the chain: a rise is only sustained if it is seen.
         if (

@@ -42,7 +42,7 @@ class SilentSensorDetector(SeriesDetector[SilentState]):
     def _start(self, key: SeriesKey, reading: Reading, profile: ProductProfile) -> SilentState | None:
         return SilentState(reading.ts_ms, reading.value, int(profile.silent_after_s * 1000))
 
-    def _next(self, key: SeriesKey, state: SilentState, reading: Reading, profile: ProductProfile) -> list[Finding]:
+    def step(self, key: SeriesKey, state: SilentState, reading: Reading, profile: ProductProfile) -> list[Finding]:
         state.last_value = reading.value
         state.silent_after_ms = int(profile.silent_after_s * 1000)
         if not state.open:

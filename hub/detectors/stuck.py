@@ -45,7 +45,7 @@ class StuckSensorDetector(SeriesDetector[StuckState]):
     def _start(self, key: SeriesKey, reading: Reading, profile: ProductProfile) -> StuckState | None:
         return StuckState(reading.ts_ms, reading.value, reading.ts_ms)
 
-    def _next(self, key: SeriesKey, state: StuckState, reading: Reading, profile: ProductProfile) -> list[Finding]:
+    def step(self, key: SeriesKey, state: StuckState, reading: Reading, profile: ProductProfile) -> list[Finding]:
         ts, value = reading.ts_ms, reading.value
         flat_s = (ts - state.run_since_ms) / 1000
         if abs(value - state.run_value) >= RESOLUTION[key.quantity] / 2:

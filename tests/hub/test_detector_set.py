@@ -124,3 +124,71 @@ def test_normal_operation_raises_no_alarm_and_a_40_minute_cooling_failure_is_det
     assert len(opened) == 1
     assert 6 * 3600 * 1000 < opened[0].ts_ms - T0 < (6 * 3600 + 2400) * 1000 + 900_000
     assert any(f.kind is FindingKind.RATE_OF_CHANGE and f.severity is Severity.WARNING for f in failed)
+
+
+TIGHT = ProductProfile(
+    "tight",
+    temp_low_c=2.0,
+    temp_high_c=6.0,
+    humidity_low=60.0,
+    humidity_high=90.0,
+    mkt_limit_c=5.0,
+    mkt_window_s=3600.0,
+    alarm_dwell_s=30.0,
+    stuck_after_s=120.0,
+    silent_after_s=60.0,
+)
+LOOSE = ProductProfile("loose", temp_high_c=8.0, alarm_dwell_s=0.0)  # no humidity range: some detectors refuse
+
+
+def eventful_readings(seed: int, count: int) -> list[Reading]:
+    """Two series with excursions, glitches, flat runs, gaps, late and bad readings."""
+    rng = random.Random(seed)
+    readings, ts = [], T0
+    temp, rh = 4.0, 80.0
+    for _ in range(count):
+        ts += rng.choice((1000, 5000, 5000, 5000, 90_000))
+        temp = min(max(temp + rng.gauss(0, 0.4) + (3.0 if rng.random() < 0.02 else 0.0), -20.0), 40.0)
+        rh = min(max(rh + rng.gauss(0, 2.0), 0.0), 100.0)
+        quality = Quality.BAD if rng.random() < 0.03 else Quality.GOOD
+        readings.append(Reading("p1", Quantity.TEMPERATURE, ts, round(temp, 1), quality))
+        readings.append(Reading("p1", Quantity.HUMIDITY, ts, round(rh, 1)))
+        if rng.random() < 0.05:  # a late copy of an older reading
+            readings.append(Reading("p1", Quantity.TEMPERATURE, ts - rng.randint(0, 20_000), 30.0))
+    return readings
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_set_judges_exactly_as_each_detector_fed_alone(seed: int) -> None:
+    """The set's one-lookup hot path, its rebuilds (profile change, reset, restore) and its late and
+    bad reading rules give the findings of the detectors fed one by one, in detector order."""
+    profiles = {"now": LOOSE}  # humidity and MKT detectors refuse the series until TIGHT binds
+    detectors = DetectorSet(lambda key: profiles["now"])
+    alone = DetectorSet(lambda key: profiles["now"]).detectors
+    newest: dict[SeriesKey, int] = {}
+    kinds: set[FindingKind] = set()
+    readings = eventful_readings(seed, 3000)
+    for index, reading in enumerate(readings):
+        if index == 1000:
+            profiles["now"] = TIGHT
+        if index == 2000:
+            profiles["now"] = LOOSE
+        if index == 1500:
+            detectors.reset(KEY)
+            for detector in alone:
+                if detector.kind is FindingKind.CUMULATIVE_TIME_OUT_OF_RANGE:
+                    detector.reset(KEY)
+        if index == 2500:
+            restored = DetectorSet(lambda key: profiles["now"])
+            restored.restore(detectors.snapshot())
+            detectors = restored
+        key = SeriesKey("gw-a", reading.sensor_id, reading.quantity)
+        expected: list[Finding] = []
+        if reading.ts_ms > newest.get(key, 0) and reading.quality is not Quality.BAD:
+            newest[key] = reading.ts_ms
+            for detector in alone:
+                expected += detector.feed(key, reading)
+        assert detectors.feed(key, reading) == expected, index
+        kinds.update(finding.kind for finding in expected)
+    assert detectors.late_readings > 0 and detectors.bad_readings > 0
+    assert len(kinds) >= 5, kinds  # the streams are eventful enough to exercise most detectors
