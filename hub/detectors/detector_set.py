@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Final
 
 import msgspec
@@ -19,6 +19,9 @@ from hub.detectors.stuck import StuckSensorDetector
 from hub.profiles import ProductProfile
 
 SNAPSHOT_VERSION: Final = 1
+
+Step = Callable[[SeriesKey, Any, Reading, ProductProfile], list[Finding]]
+"""A detector's ``step``, bound to it."""
 
 
 class _Snapshot(msgspec.Struct, forbid_unknown_fields=True):
@@ -49,20 +52,20 @@ def default_detectors(profile_for: ProfileFor) -> list[SeriesDetector[Any]]:
 class _Series:
     """What the set keeps per series: the newest judged reading time and every detector's state.
 
-    ``states`` holds each detector's state in detector order (``None`` where the detector does not
-    judge the series under ``profile``), the same objects the detectors keep, so a reading is judged
-    with one dictionary lookup instead of one per detector. ``states`` is ``None`` until the series
-    has been judged once, and again after a ``reset`` or a ``restore``: the next reading then goes
-    through each detector's own ``observe``, which starts what needs starting, and ``states`` is
-    taken afresh.
+    ``judges`` pairs, in detector order, each judging detector's ``step`` with its state of the
+    series (the same object the detector keeps; a detector that does not judge the series under
+    ``profile`` is left out), so a reading is judged with one dictionary lookup instead of one per
+    detector. ``judges`` is ``None`` until the series has been judged once, and again after a
+    ``reset`` or a ``restore``: the next reading then goes through each detector's own ``observe``,
+    which starts what needs starting, and ``judges`` is taken afresh.
     """
 
-    __slots__ = ("newest_ms", "profile", "states")
+    __slots__ = ("judges", "newest_ms", "profile")
 
     def __init__(self, newest_ms: int) -> None:
         self.newest_ms = newest_ms
         self.profile: ProductProfile | None = None
-        self.states: list[SeriesState | None] | None = None
+        self.judges: list[tuple[Step, SeriesState]] | None = None
 
 
 class DetectorSet:
@@ -86,7 +89,6 @@ class DetectorSet:
         names = [detector.kind.value for detector in self.detectors]
         if len(set(names)) != len(names):
             raise ValueError(f"one detector per kind, got {names}")
-        self._steps = tuple(detector.step for detector in self.detectors)
         self._series: dict[SeriesKey, _Series] = {}
         self.late_readings = 0
         self.bad_readings = 0
@@ -108,21 +110,22 @@ class DetectorSet:
         profile = self._profile_for(key)
         if profile is None:
             return []
-        states = series.states
+        judges = series.judges
         findings: list[Finding] = []
-        if states is None or profile is not series.profile:
+        if judges is None or profile is not series.profile:
             for detector in self.detectors:
                 findings += detector.observe(key, reading, profile)
             series.profile = profile
-            series.states = [detector.state_of(key) for detector in self.detectors]
+            series.judges = [
+                (detector.step, state) for detector in self.detectors if (state := detector.state_of(key)) is not None
+            ]
             return findings
         # The hot path: every state here is older than ``ts`` (checked above), as ``observe`` would check.
-        for step, state in zip(self._steps, states, strict=True):
-            if state is not None:
-                found = step(key, state, reading, profile)
-                state.last_ts_ms = ts
-                if found:
-                    findings += found
+        for step, state in judges:
+            found = step(key, state, reading, profile)
+            state.last_ts_ms = ts
+            if found:
+                findings += found
         return findings
 
     def feed_batch(self, gateway_id: str, readings: Iterable[Reading]) -> list[Finding]:
@@ -150,7 +153,7 @@ class DetectorSet:
                 detector.reset(key)
         series = self._series.get(key)
         if series is not None:
-            series.states = None
+            series.judges = None
 
     def snapshot(self) -> bytes:
         """The state of every detector and of the late-reading rule, as msgspec JSON."""
