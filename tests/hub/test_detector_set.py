@@ -190,5 +190,6 @@ def test_set_judges_exactly_as_each_detector_fed_alone(seed: int) -> None:
                 expected += detector.feed(key, reading)
         assert detectors.feed(key, reading) == expected, index
         kinds.update(finding.kind for finding in expected)
-    assert detectors.late_readings > 0 and detectors.bad_readings > 0
+    assert detectors.late_readings > 0
+    assert detectors.bad_readings > 0
     assert len(kinds) >= 5, kinds  # the streams are eventful enough to exercise most detectors
