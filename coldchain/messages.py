@@ -65,7 +65,7 @@ QUANTITY_LIMITS: Final[dict[Quantity, tuple[float, float]]] = {
 }
 
 
-class Reading(msgspec.Struct, array_like=True, frozen=True, forbid_unknown_fields=True):
+class Reading(msgspec.Struct, array_like=True, frozen=True, forbid_unknown_fields=True, gc=False):
     """One measurement, encoded as ``[sensor_id, quantity, ts_ms, value, quality]`` to keep batches small."""
 
     sensor_id: SensorId
@@ -88,7 +88,7 @@ class TagAction(enum.StrEnum):
     DELIVERY = "delivery"  # the case leaves it
 
 
-class TagRead(msgspec.Struct, array_like=True, frozen=True, forbid_unknown_fields=True):
+class TagRead(msgspec.Struct, array_like=True, frozen=True, forbid_unknown_fields=True, gc=False):
     """One (debounced) read of a UHF Gen2 tag.
 
     ``epc_hex`` is the EPC bank as read and is always kept; ``epc_uri`` is its pure-identity URN
@@ -105,7 +105,7 @@ class TagRead(msgspec.Struct, array_like=True, frozen=True, forbid_unknown_field
     action: TagAction = TagAction.OBSERVE
 
 
-class GpsFix(msgspec.Struct, array_like=True, frozen=True, forbid_unknown_fields=True):
+class GpsFix(msgspec.Struct, array_like=True, frozen=True, forbid_unknown_fields=True, gc=False):
     """A position from the gateway's GPS receiver.
 
     ``ts_ms`` is the gateway's clock when the fix was read and ``gps_time_ms`` the satellites' UTC,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import secrets as random_secrets
 import signal
@@ -35,6 +36,26 @@ log = logging.getLogger(__name__)
 
 GRACEFUL_SHUTDOWN_S: Final = 5
 """Open requests (a viewer's event stream) get this long to finish when the hub stops."""
+
+GC_YOUNG_THRESHOLD: Final = 50_000
+"""New container objects between collections of the youngest generation, not CPython's 700: an
+ingest group holds tens of thousands of row tuples until it commits, and at 700 the collector ran
+dozens of times per group and rescanned them (docs/benchmarks.md). Cyclic garbage waits a little
+longer; memory stays bounded."""
+
+
+def tune_garbage_collector() -> None:
+    """Set the collector for a long-running ingest process (call once, when everything is built).
+
+    ``gc.freeze`` moves what exists now (modules, the app, the configuration: hundreds of thousands
+    of objects that live as long as the process) out of the collector's sight, so full collections
+    scan only what ingest creates; the youngest generation is collected every
+    ``GC_YOUNG_THRESHOLD`` allocations.
+    """
+    gc.collect()  # what is garbage now would otherwise be frozen with the rest
+    gc.freeze()
+    _, middle, oldest = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, middle, oldest)
 
 
 class _Server(uvicorn.Server):
@@ -148,6 +169,7 @@ class HubRuntime:
 
         signal.signal(signal.SIGINT, _request_exit)
         signal.signal(signal.SIGTERM, _request_exit)
+        tune_garbage_collector()
         self._start_background()
         try:
             self._server.run()
