@@ -8,8 +8,8 @@ delivery delay to many live-room viewers. Not a test: it prints figures, it neve
    throttle a single-address load generator to 10/s: this benchmark sets ``[public] rate_per_s`` and
    ``rate_burst`` to 1e9 (printed below).
 2. `wrk -t2 -c64 -d20s --latency` against, side by side on the same machine and uvicorn settings:
-   a bare ASGI hello-world, a FastAPI hello-world (async route), a FastAPI hello-world shaped like the
-   public routes (sync route + ``@app.middleware("http")``), then `GET /public/v1/lots/{lot}` (200)
+   a bare ASGI hello-world, a FastAPI hello-world (async route), a FastAPI hello-world shaped as the
+   public routes were before 2026-11-27 (sync route + ``@app.middleware("http")``), then `GET /public/v1/lots/{lot}` (200)
    and the same with a revalidating client (wrk Lua: sends back the last ETag as If-None-Match).
 3. SSE: N subscribers (raw asyncio sockets, separate process) on `/public/v1/lots/{lot}/events`; one
    reading per second published through Mosquitto to the lot's current node; delay = receipt time at
@@ -86,7 +86,7 @@ def fastapi_hello(shaped: bool):  # type: ignore[no-untyped-def]
     from fastapi import FastAPI, Request, Response
 
     app = FastAPI()
-    if shaped:  # like add_public_routes: an http middleware and a sync (threadpool) route
+    if shaped:  # as the public routes were until 2026-11-27: an http middleware and a sync (threadpool) route
 
         @app.middleware("http")
         async def passthrough(request: Request, call_next):  # type: ignore[no-untyped-def]

@@ -1,9 +1,13 @@
 """Public endpoints for livestream viewers and buyers: lot pages, the widget's data and live
 updates, QR codes, GS1 Digital Link resolution, and buyer keys.
 
-Thousands of viewers watch one live room, so lot data is computed at most once per second per lot
-and shared (``LotCache``), answered with an ETag and ``Cache-Control`` so CDNs and browsers can
-keep it, rate-limited per client, and open to embedding (CORS ``*``, GET only, no credentials).
+Thousands of viewers watch one live room, so a lot's view is computed at most once per
+``LOT_CACHE_S`` and shared: the lot route answers from that cache without leaving the event loop
+(the store is read in a thread only on a miss), and one poller per watched lot feeds every live
+stream of it (``LotBroadcaster``). Answers carry an ETag and ``Cache-Control`` so CDNs and browsers
+can keep them. Public paths are rate-limited per client by a plain ASGI middleware
+(``PublicRateLimit``) that the staff and shop APIs pass through untouched, and are open to
+embedding (CORS ``*``, GET only, no credentials).
 Nothing here carries buyer personal data; positions are never exposed, only the node's city.
 """
 
@@ -11,10 +15,11 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from contextlib import AbstractContextManager
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Annotated, Final
 
@@ -24,6 +29,7 @@ from fastapi import Path as PathParam
 from fastapi.responses import RedirectResponse, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy import Connection, text
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from hub import orders
 from hub.db import Database
@@ -41,11 +47,16 @@ SSE_TICK_S: Final = 0.25
 """With the cache age this bounds a change's delivery to about 0.75 s (bench/public_api.py)."""
 SSE_KEEPALIVE_S: Final = 15.0
 """Proxies close idle streams after 30-60 s; a comment line keeps the live room's stream open."""
+SSE_WAKE_S: Final = 1.0
+"""An idle stream wakes this often to notice a gone client or a hub shutdown; updates wake it at once."""
+PUBLIC_PREFIXES: Final = ("/public/", "/k/", "/01/", "/widget/")
+"""Paths open without a token, hence rate-limited per client."""
 PUBLIC_MAX_AGE_S: Final = 5
 STATIC_DIR: Final = Path(__file__).resolve().parents[1] / "static"
 LOT_ID_PATTERN: Final = r"^[A-Za-z0-9_.:-]{1,64}$"
 _ENCODER: Final = msgspec.json.Encoder()
 LotId = Annotated[str, PathParam(pattern=LOT_ID_PATTERN)]
+log = logging.getLogger(__name__)
 
 
 class RateLimiter:
@@ -71,8 +82,118 @@ class RateLimiter:
             return True
 
 
+class PublicRateLimit:
+    """ASGI middleware applying ``limiter`` to requests under ``prefixes``, keyed by client address.
+
+    Plain ASGI rather than ``@app.middleware("http")``: that wraps every request of the app in extra
+    tasks and streams, whereas here other requests and non-HTTP scopes cost one prefix check.
+    """
+
+    def __init__(self, app: ASGIApp, limiter: RateLimiter, prefixes: tuple[str, ...] = PUBLIC_PREFIXES) -> None:
+        self.app, self.limiter, self.prefixes = app, limiter, prefixes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Answer 429 when the client's budget is spent, else hand the request on."""
+        if scope["type"] == "http" and scope["path"].startswith(self.prefixes):
+            client = scope.get("client")
+            if not self.limiter.allow(client[0] if client else "unknown"):
+                response = Response(
+                    '{"detail":"too many requests"}',
+                    status_code=status.HTTP_429_TOO_MANY_REQUESTS,
+                    media_type="application/json",
+                    headers={"Retry-After": "1", "Access-Control-Allow-Origin": "*"},
+                )
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+class _Feed:
+    """One watched lot: its subscribers' queues, the body they were last given, and its poller."""
+
+    def __init__(self) -> None:
+        self.subscribers: set[asyncio.Queue[bytes | None]] = set()
+        self.body: bytes | None = None
+        self.etag: str | None = None
+        self.task: asyncio.Task[None] | None = None
+
+
+def _offer(queue: asyncio.Queue[bytes | None], item: bytes | None) -> None:
+    # Never waits: a newer item replaces one a slow viewer has not taken, so the poller never
+    # blocks on it and its memory stays at one item.
+    if queue.full():
+        queue.get_nowait()
+    queue.put_nowait(item)
+
+
+class LotBroadcaster:
+    """Live updates of lots: one poller per watched lot, however many viewers watch it.
+
+    The first subscriber of a lot starts a task that calls ``lot`` in a thread every ``tick_s`` and
+    hands each new body (new ETag) to every subscriber; the last one to leave stops it. A subscriber
+    reads a queue of bodies ending with None when the lot disappears or ``closing`` is set.
+    Use from the event loop only.
+    """
+
+    def __init__(
+        self, lot: Callable[[str], tuple[bytes, str]], closing: threading.Event, tick_s: float = SSE_TICK_S
+    ) -> None:
+        self._lot, self._closing, self._tick_s = lot, closing, tick_s
+        self._feeds: dict[str, _Feed] = {}
+
+    @contextmanager
+    def subscribe(self, lot_id: str) -> Iterator[asyncio.Queue[bytes | None]]:
+        """A queue of the lot's bodies, starting with the current one; None means the stream is over."""
+        feed = self._feeds.get(lot_id)
+        if feed is None:
+            feed = _Feed()
+            feed.task = asyncio.create_task(self._poll(lot_id, feed), name=f"lot-feed:{lot_id}")
+            self._feeds[lot_id] = feed
+        queue: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=1)
+        if feed.body is not None:
+            queue.put_nowait(feed.body)
+        feed.subscribers.add(queue)
+        try:
+            yield queue
+        finally:
+            feed.subscribers.discard(queue)
+            if not feed.subscribers:
+                if feed.task is not None:
+                    feed.task.cancel()
+                if self._feeds.get(lot_id) is feed:
+                    del self._feeds[lot_id]
+
+    def poller(self, lot_id: str) -> asyncio.Task[None] | None:
+        """The task polling ``lot_id`` for its subscribers, if anyone watches it."""
+        feed = self._feeds.get(lot_id)
+        return feed.task if feed else None
+
+    async def _poll(self, lot_id: str, feed: _Feed) -> None:
+        failing = False
+        while not self._closing.is_set():
+            try:
+                body, etag = await asyncio.to_thread(self._lot, lot_id)
+            except Exception as exc:
+                if isinstance(exc, HTTPException) and exc.status_code == status.HTTP_404_NOT_FOUND:
+                    break
+                if not failing:  # once per outage: a down store would otherwise log every tick per lot
+                    log.warning("live updates of lot %s failed; retrying", lot_id, exc_info=True)
+                failing = True
+            else:
+                failing = False
+                if etag != feed.etag:
+                    feed.body, feed.etag = body, etag
+                    for queue in feed.subscribers:
+                        _offer(queue, body)
+            await asyncio.sleep(self._tick_s)
+        if self._feeds.get(lot_id) is feed:
+            del self._feeds[lot_id]  # a later subscriber (the lot recreated) starts afresh
+        for queue in feed.subscribers:
+            _offer(queue, None)
+
+
 class PublicService:
-    """Builds lot views and buyer views from the store, with per-lot caching."""
+    """Builds lot views and buyer views from the store, with per-lot caching and live feeds."""
 
     def __init__(
         self,
@@ -89,18 +210,30 @@ class PublicService:
         self._lock = threading.Lock()
         self.closing = threading.Event()
         """Set when the hub stops: live streams end so the server can shut down promptly."""
+        self.feeds = LotBroadcaster(self.lot, self.closing)
+        """Live updates of watched lots for the SSE route."""
 
     def connection(self) -> AbstractContextManager[Connection]:
         """A pooled read connection for one view."""
         return self.database.reading()
 
-    def lot(self, lot_id: str) -> tuple[bytes, str]:
-        """The lot's view as JSON and its ETag, recomputed at most once per ``LOT_CACHE_S``."""
-        now = time.monotonic()
+    def cached_lot(self, lot_id: str) -> tuple[bytes, str] | None:
+        """The lot's JSON and ETag if computed less than ``LOT_CACHE_S`` ago, else None.
+
+        Never reads the store, so it may run on the event loop.
+        """
         with self._lock:
             cached = self._cache.get(lot_id)
-            if cached and now - cached[0] < LOT_CACHE_S:
-                return cached[1], cached[2]
+        if cached and time.monotonic() - cached[0] < LOT_CACHE_S:
+            return cached[1], cached[2]
+        return None
+
+    def lot(self, lot_id: str) -> tuple[bytes, str]:
+        """The lot's view as JSON and its ETag, recomputed at most once per ``LOT_CACHE_S``."""
+        cached = self.cached_lot(lot_id)
+        if cached is not None:
+            return cached
+        now = time.monotonic()
         view = self._lot_view(lot_id)
         body = _ENCODER.encode(view)
         etag = '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
@@ -185,26 +318,15 @@ def _public_headers(response: Response, etag: str | None = None, max_age: int = 
 def add_public_routes(app: FastAPI, service: PublicService) -> None:
     """Mount the public routes, the widget's static files and the per-client rate limit."""
     limiter = RateLimiter(service.settings.rate_per_s, service.settings.rate_burst)
-    public_prefixes = ("/public/", "/k/", "/01/", "/widget/")
-
-    @app.middleware("http")
-    async def rate_limit(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        if request.url.path.startswith(public_prefixes):
-            client = request.client.host if request.client else "unknown"
-            if not limiter.allow(client):
-                return Response(
-                    '{"detail":"too many requests"}',
-                    status_code=status.HTTP_429_TOO_MANY_REQUESTS,
-                    media_type="application/json",
-                    headers={"Retry-After": "1", "Access-Control-Allow-Origin": "*"},
-                )
-        return await call_next(request)
-
+    app.add_middleware(PublicRateLimit, limiter=limiter)  # before the app starts: Starlette refuses later
     router = APIRouter(tags=["public"])
 
     @router.get("/public/v1/lots/{lot_id}", response_model=None)
-    def lot(lot_id: LotId, request: Request) -> Response:
-        body, etag = service.lot(lot_id)
+    async def lot(lot_id: LotId, request: Request) -> Response:
+        # Nearly every request is a cache hit and is answered on the event loop; a miss reads the
+        # store in a thread (raising 404 there for an unknown lot).
+        cached = service.cached_lot(lot_id)
+        body, etag = cached if cached is not None else await asyncio.to_thread(service.lot, lot_id)
         if request.headers.get("if-none-match") == etag:
             response = Response(status_code=status.HTTP_304_NOT_MODIFIED)
         else:
@@ -214,20 +336,25 @@ def add_public_routes(app: FastAPI, service: PublicService) -> None:
 
     @router.get("/public/v1/lots/{lot_id}/events", response_model=None)
     async def lot_events(lot_id: LotId, request: Request) -> StreamingResponse:
-        await asyncio.to_thread(service.lot, lot_id)  # 404 before the stream starts
+        if service.cached_lot(lot_id) is None:
+            await asyncio.to_thread(service.lot, lot_id)  # 404 before the stream starts
 
         async def stream() -> AsyncIterator[bytes]:
-            sent_etag = None
-            last_sent = time.monotonic()
-            while not service.closing.is_set() and not await request.is_disconnected():
-                body, etag = await asyncio.to_thread(service.lot, lot_id)
-                if etag != sent_etag:
-                    sent_etag, last_sent = etag, time.monotonic()
-                    yield b"event: lot\ndata: " + body + b"\n\n"
-                elif time.monotonic() - last_sent > SSE_KEEPALIVE_S:
+            with service.feeds.subscribe(lot_id) as updates:
+                last_sent = time.monotonic()
+                while not service.closing.is_set() and not await request.is_disconnected():
+                    try:
+                        async with asyncio.timeout(SSE_WAKE_S):
+                            body = await updates.get()
+                    except TimeoutError:
+                        if time.monotonic() - last_sent > SSE_KEEPALIVE_S:
+                            last_sent = time.monotonic()
+                            yield b": keepalive\n\n"
+                        continue
+                    if body is None:  # the lot is gone or the hub is stopping
+                        return
                     last_sent = time.monotonic()
-                    yield b": keepalive\n\n"
-                await asyncio.sleep(SSE_TICK_S)
+                    yield b"event: lot\ndata: " + body + b"\n\n"
 
         headers = {"Cache-Control": "no-cache", "Access-Control-Allow-Origin": "*", "X-Accel-Buffering": "no"}
         return StreamingResponse(stream(), media_type="text/event-stream", headers=headers)

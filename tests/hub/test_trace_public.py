@@ -3,6 +3,7 @@ Digital Link resolution and EPCIS queries."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import time
@@ -18,10 +19,10 @@ from hub.api import create_app
 from hub.config import ApiToken
 from hub.ingest import Inbound, IngestPipeline
 from hub.store import IngestWriter, ReadStore
-from hub.traceability import keys
+from hub.traceability import keys, public
 from hub.traceability.epcis import validate_document
 from hub.traceability.model import NodeInfo
-from hub.traceability.public import PublicService, add_public_routes
+from hub.traceability.public import PublicRateLimit, PublicService, RateLimiter, add_public_routes
 from hub.traceability.settings import PublicSettings
 
 T0 = 1_800_000_000_000
@@ -168,6 +169,86 @@ def test_public_requests_are_rate_limited_per_client(tmp_path: Path) -> None:
     assert codes[:5] == [200] * 5
     assert codes[5:] == [429] * 3
     assert limited.client.get("/api/v1/orders/order-a", headers=SHOP).status_code == 200  # staff APIs unaffected
+
+
+def test_other_paths_are_never_throttled_once_the_public_budget_is_spent(tmp_path: Path) -> None:
+    limited = Setup(tmp_path, rate_burst=2)
+    limited.journey()  # staff and shop calls: they spend none of the public budget
+    assert [limited.client.get("/public/v1/lots/LOT-7").status_code for _ in range(2)] == [200, 200]
+    refused = limited.client.get("/public/v1/lots/LOT-7")
+    assert refused.status_code == 429
+    assert refused.content == b'{"detail":"too many requests"}'
+    assert refused.headers["content-type"] == "application/json"
+    assert refused.headers["retry-after"] == "1"
+    assert refused.headers["access-control-allow-origin"] == "*"
+    for _ in range(10):
+        assert limited.client.get("/healthz").status_code == 200
+        assert limited.client.get("/api/v1/orders/order-a", headers=SHOP).status_code == 200
+    assert limited.client.get("/k/not-a-key").status_code == 429  # every public prefix shares the budget
+
+
+@pytest.mark.anyio
+async def test_the_rate_limit_keys_on_the_client_and_lets_other_scopes_through() -> None:
+    reached: list[tuple[str, str | None]] = []
+    sent: list[dict[str, object]] = []
+
+    async def inner(scope, receive, send) -> None:
+        reached.append((scope["type"], scope.get("path")))
+
+    async def receive() -> dict[str, object]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, object]) -> None:
+        sent.append(message)
+
+    middleware = PublicRateLimit(inner, RateLimiter(rate=0.001, burst=1))
+
+    async def get(path: str, client: tuple[str, int] | None) -> None:
+        await middleware({"type": "http", "path": path, "client": client, "headers": []}, receive, send)
+
+    await get("/public/v1/lots/LOT-7", None)
+    await get("/public/v1/lots/LOT-7", None)  # "unknown" has spent its token
+    await get("/widget/index.html", ("198.51.100.7", 1))  # another client has its own bucket
+    await get("/healthz", None)
+    await middleware({"type": "lifespan"}, receive, send)
+    await middleware({"type": "websocket", "path": "/public/v1/lots/LOT-7", "client": None}, receive, send)
+    assert reached == [
+        ("http", "/public/v1/lots/LOT-7"),
+        ("http", "/widget/index.html"),
+        ("http", "/healthz"),
+        ("lifespan", None),
+        ("websocket", "/public/v1/lots/LOT-7"),
+    ]
+    assert [m["status"] for m in sent if m["type"] == "http.response.start"] == [429]
+
+
+def test_a_fresh_lot_is_answered_from_the_cache_and_a_miss_reads_the_store_off_the_event_loop(
+    setup: Setup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(public, "LOT_CACHE_S", 3600.0)  # every request after the first is a hit
+    computed: list[str] = []
+    lot = setup.service.lot
+
+    def counting_lot(lot_id: str) -> tuple[bytes, str]:
+        try:
+            asyncio.get_running_loop()
+            computed.append("on the event loop")
+        except RuntimeError:
+            computed.append("in a thread")
+        return lot(lot_id)
+
+    monkeypatch.setattr(setup.service, "lot", counting_lot)
+    responses = [setup.client.get("/public/v1/lots/LOT-7") for _ in range(5)]
+    assert [r.status_code for r in responses] == [200] * 5
+    assert len({(r.content, r.headers["etag"]) for r in responses}) == 1
+    assert computed == ["in a thread"]
+    etag = responses[0].headers["etag"]
+    cached = setup.client.get("/public/v1/lots/LOT-7", headers={"If-None-Match": etag})
+    assert cached.status_code == 304
+    assert cached.headers["etag"] == etag
+    assert cached.headers["access-control-allow-origin"] == "*"
+    assert setup.client.get("/public/v1/lots/NOPE").status_code == 404
+    assert computed == ["in a thread"] * 2
 
 
 def test_epcis_query_by_lot_and_by_item_validates_against_the_gs1_schema(setup: Setup) -> None:
