@@ -26,6 +26,7 @@ the issue's figure), sampling every second the hub's and Mosquitto's RSS, the br
 and checks that every published reading is stored exactly once.
 
 Run: PYTHONPATH=. .venv/bin/python bench/ingest_e2e.py   (needs mosquitto; about 5 minutes)
+     [--py-spy 3]   (profile the hub in each drain; needs .venv/bin/pip install py-spy)
      PYTHONPATH=. .venv/bin/python bench/ingest_e2e.py --overload-seconds 60 --scale 3   (longer)
 """
 
@@ -56,6 +57,7 @@ import paho.mqtt.client as paho
 import psutil
 from paho.mqtt.enums import CallbackAPIVersion
 
+from bench import spy as spy_on
 from coldchain.messages import Quantity, Reading, TelemetryBatch, encode
 from tests.support.servers import Mosquitto, free_port
 
@@ -524,7 +526,7 @@ class Row:
 
 
 def measure_hub(
-    work: Path, batch_size: int, readings: int, gateways: list[str], publishers: int
+    work: Path, batch_size: int, readings: int, gateways: list[str], publishers: int, *, spy_s: float = 0.0
 ) -> tuple[Rate, Rate, Rate, Rate, str]:
     broker = start_broker(work / "broker")
     hub = HubProcess(work / "hub", broker.port, dict.fromkeys(gateways, "chilled-produce"))
@@ -540,8 +542,13 @@ def measure_hub(
         since_ms = int(time.time() * 1000)
         hub.start()
         sampler = CpuSampler({"hub": hub.ps(), "broker": broker_process(broker), "bench": psutil.Process()})
+        spy = spy_on.record(hub.ps().pid, spy_s, work / f"spy-{batch_size}.txt") if spy_s else None
         wait_stored(hub, sent.messages * batch_size, 600)
         drain = commit_rate(hub, since_ms)
+        if spy is not None:
+            spy.wait()
+            print(f"where the hub's time goes while draining, batch {batch_size} (py-spy, first {spy_s:g} s):")
+            spy_on.summarise(work / f"spy-{batch_size}.txt")
         time.sleep(0.2)
         drain.cores = sampler.cores(*drain.window)
         # Live: the same again while the hub runs.
@@ -751,6 +758,13 @@ def main() -> None:
     parser.add_argument("--overload-seconds", type=float, default=20.0)
     parser.add_argument("--overload-rate", type=float, default=0.0, help="readings/s (default: factor x ceiling)")
     parser.add_argument("--no-overload", action="store_true")
+    parser.add_argument(
+        "--py-spy",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="profile the hub for the first SECONDS of each drain",
+    )
     parser.add_argument("--keep", type=Path, default=None, help="keep logs and databases under this directory")
     args = parser.parse_args()
     print(machine())
@@ -764,7 +778,9 @@ def main() -> None:
         for batch_size in args.batch_sizes:
             readings = int(PHASE_READINGS.get(batch_size, 300_000) * args.scale)
             work = root / f"batch-{batch_size}"
-            gen, drain, live, gen_live, check = measure_hub(work, batch_size, readings, gateways, args.publishers)
+            gen, drain, live, gen_live, check = measure_hub(
+                work, batch_size, readings, gateways, args.publishers, spy_s=args.py_spy
+            )
             raw_drain, raw_live = measure_raw(work, batch_size, readings, gateways, args.publishers)
             rows.append(Row(batch_size, gen, drain, live, gen_live, raw_drain, raw_live, check))
             print(

@@ -43,6 +43,8 @@ from pathlib import Path
 import httpx
 import psutil
 
+from bench import spy as spy_on
+
 GTIN = "80614141123458"
 LOT = "BERRY-2611"
 CASES = ["urn:epc:id:sgtin:0614141.812345.11", "urn:epc:id:sgtin:0614141.812345.12"]
@@ -299,58 +301,6 @@ def to_ms(text: str) -> float:
     return float(m.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[m.group(2)]
 
 
-def py_spy(pid: int, seconds: int, out: Path) -> subprocess.Popen[bytes] | None:
-    binary = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
-    if not Path(binary).exists():
-        return None
-    return subprocess.Popen(
-        [
-            binary,
-            "record",
-            "-p",
-            str(pid),
-            "-d",
-            str(seconds),
-            "-r",
-            "100",
-            "--nonblocking",
-            "-f",
-            "raw",
-            "-o",
-            str(out),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-
-
-def summarise_py_spy(raw: Path, top: int = 15) -> None:
-    """Collapsed stacks -> own (leaf) and inclusive share per function, all threads together."""
-    generic = re.compile(
-        r"asyncio/|runpy|coldchain/cli|__main__|uvicorn/server|uvicorn/_compat|hub/runtime|threading\.py"
-    )
-    own: Counter[str] = Counter()
-    incl: Counter[str] = Counter()
-    total = 0
-    idle = re.compile(r"select|epoll|poll|wait \(|sleep|get \(queue|_loop \(paho")
-    for line in raw.read_text().splitlines():
-        stack, _, count = line.rpartition(" ")
-        n = int(count)
-        frames = [re.sub(r"/.*/(site-packages|lib/python3\.\d+|main)/", "", f) for f in stack.split(";")[1:]]
-        if not frames or idle.search(frames[-1]):
-            continue  # idle threads (event loop select, threadpool waits) are not cost
-        total += n
-        own[frames[-1]] += n
-        for f in set(frames):
-            if not generic.search(f):
-                incl[f] += n
-    print(f"  py-spy, busy samples only: {total}")
-    for title, table in (("inclusive", incl), ("own", own)):
-        print(f"  top {top} by {title} share of busy samples")
-        for frame, n in table.most_common(top):
-            print(f"    {100 * n / total:5.1f} %  {frame[:150]}")
-
-
 # ---------------------------------------------------------------- main
 
 
@@ -455,7 +405,7 @@ def main() -> None:
                 f"lot {LOT}: {len(first.content)} bytes, {len(view['legs'])} legs, status {view['status']}, "
                 f"current {view['current_temperature_c']} °C at {view['current_node_kind']}"
             )
-            spy = py_spy(hub.pid, max(args.seconds - 4, 5), work / "spy.txt") if args.py_spy else None
+            spy = spy_on.record(hub.pid, max(args.seconds - 4, 5), work / "spy.txt") if args.py_spy else None
             rows.append(("hub: GET /public/v1/lots/{lot} (200)", run_wrk(lot_url, args, work)))
             if spy:
                 spy.wait()
@@ -480,7 +430,7 @@ def main() -> None:
                 print(f"  {f['cmd']}")
             if spy and (work / "spy.txt").exists():
                 print("\nwhere the hub's time goes under the 200 run (py-spy record -r 100 --nonblocking, raw):")
-                summarise_py_spy(work / "spy.txt")
+                spy_on.summarise(work / "spy.txt")
 
             sse(args, work, base, broker.port, truck_seq, hub)
         finally:
