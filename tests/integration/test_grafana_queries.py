@@ -198,6 +198,8 @@ def test_every_panel_query_returns_series_with_its_labels(
         30,
         "the cooling failure and the open door raised no alarms",
     )
+    # Both scrapes must see the rejection's counter, or its rate has a single sample and is empty.
+    wait_until(lambda: hub.scalar("SELECT count(*) FROM rejected") >= 1, 30, "the garbage message was not set aside")
     import_hub_metrics(hub, vm)
     time.sleep(2.5)  # a second scrape later: rates and histogram quantiles need two samples
     import_hub_metrics(hub, vm)
