@@ -43,10 +43,14 @@ def test_a_gateway_cannot_publish_as_another(secured_broker: Mosquitto) -> None:
         if msg.payload == b"last":
             arrived.set()
 
+    subscribed = threading.Event()
     hub.on_message = on_message
+    hub.on_subscribe = lambda *_args: subscribed.set()
     hub.connect("127.0.0.1", secured_broker.port)
     hub.loop_start()
     hub.subscribe(topics.subscription_for(topics.Channel.TELEMETRY), qos=1)
+    # Subscribing is asynchronous: a message published before the SUBACK may never reach the hub.
+    assert subscribed.wait(10)
 
     gateway_a = TestClient(secured_broker.port, username="gw-a", password=PASSWORDS["gw-a"])
     gateway_a.publish(topics.topic_for("gw-b", topics.Channel.TELEMETRY), b"forged")  # PUBACKed, then discarded

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import threading
 import time
 from collections.abc import Callable
 from contextlib import closing
@@ -189,10 +190,12 @@ def test_remote_configuration_is_applied_acknowledged_or_refused_with_the_reason
     acks: list[CommandAck] = []
     client = paho.Client(CallbackAPIVersion.VERSION2)
     client.on_message = lambda _c, _u, m: acks.append(decode(bytes(m.payload), CommandAck))
+    subscribed = threading.Event()
+    client.on_subscribe = lambda *_args: subscribed.set()
     client.connect("127.0.0.1", broker.port)
     client.loop_start()
     client.subscribe(topics.topic_for("gw-test-1", topics.Channel.CMD_ACK), qos=1)
-    time.sleep(0.3)
+    assert subscribed.wait(10)  # acks are not retained: one sent before the SUBACK would be missed
     client.publish(
         topics.topic_for("gw-test-1", topics.Channel.CMD),
         json.dumps(
