@@ -13,7 +13,6 @@ import contextlib
 import hashlib
 import logging
 import secrets
-import signal
 import socket
 import sys
 import tempfile
@@ -23,7 +22,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from types import FrameType
 from typing import Final
 from urllib.parse import urlsplit
 
@@ -33,6 +31,7 @@ from amqtt.broker import Broker
 from coldchain.errors import ConfigError
 from coldchain.messages import TagAction
 from coldchain.mqtt import MqttConfig
+from coldchain.signals import StopRequest
 from edge_agent.config import (
     AgentConfig,
     BusConfig,
@@ -194,13 +193,8 @@ def _quiet_third_party_logs() -> Iterator[None]:
 
 def run_demo(*, broker_url: str | None, api_port: int, duration_s: float | None) -> int:
     """Run the demo until Ctrl-C, SIGTERM or ``duration_s``; return the process exit code."""
-    stop = threading.Event()
-
-    def _request_stop(_signum: int, _frame: FrameType | None) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGINT, _request_stop)
-    signal.signal(signal.SIGTERM, _request_stop)
+    stop = StopRequest()
+    stop.install()
     with (
         _quiet_third_party_logs(),
         tempfile.TemporaryDirectory(prefix="coldchain-demo-") as workdir,
@@ -321,7 +315,7 @@ def _start_gateway(
     return f"{gateway.gateway_id} {agent.courier_view.url}" if agent.courier_view is not None else None
 
 
-def _print_live(hub: HubRuntime, receiver_url: str, stop: threading.Event, duration_s: float | None) -> None:
+def _print_live(hub: HubRuntime, receiver_url: str, stop: StopRequest, duration_s: float | None) -> None:
     deadline = None if duration_s is None else time.monotonic() + duration_s
     next_sensors = time.monotonic() + PRINT_EVERY_S
     seen: set[tuple[str, str, str]] = set()

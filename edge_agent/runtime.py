@@ -5,13 +5,11 @@ from __future__ import annotations
 
 import collections
 import logging
-import signal
 import threading
 import time
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
-from types import FrameType
 from typing import Final, cast
 
 import psutil
@@ -34,6 +32,7 @@ from coldchain.messages import (
     UplinkHealth,
     encode,
 )
+from coldchain.signals import StopRequest
 from edge_agent.alarm import AlarmTransition, CommandHook, RangeAlarm
 from edge_agent.config import DEFAULT_INTERVALS_S, AgentConfig, BusConfig
 from edge_agent.courier_view import CourierState, CourierView, HandoverView, SensorView
@@ -188,13 +187,8 @@ class Agent:
 
     def run_until_signal(self) -> None:
         """Run in the foreground until SIGINT or SIGTERM."""
-        stop = threading.Event()
-
-        def _request_stop(_signum: int, _frame: FrameType | None) -> None:
-            stop.set()
-
-        signal.signal(signal.SIGINT, _request_stop)
-        signal.signal(signal.SIGTERM, _request_stop)
+        stop = StopRequest()
+        stop.install()
         self.start()
         stop.wait()
         self.stop()

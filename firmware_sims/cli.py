@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
-import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,8 +23,11 @@ from firmware_sims.uhf_reader import UhfReaderSimulator, normalize_epc
 from firmware_sims.xymd02 import BAUD_CODES, MAX_SLAVE_ADDRESS, ProbeSpec
 
 WAIT_SLICE_S: Final = 0.1
-"""The main thread waits in slices so that a signal handler's flag is seen even if a wakeup is missed,
-and the end of a scenario is noticed promptly."""
+"""The main thread sleeps in slices and looks at the signal handler's flag, and at the end of a scenario.
+
+The handler only assigns the flag. ``threading.Event.set()`` there could deadlock: handlers run in the
+main thread between bytecodes, and one landing while that thread is inside ``Event.wait()`` on the same
+event, holding its lock, blocks on that lock forever (a CI run hung on SIGTERM this way once)."""
 
 
 def _slave_address(text: str) -> int:
@@ -207,10 +210,10 @@ class _Serving:
 
 def _serve_until_stopped(command: str, start: Callable[[], _Serving]) -> int:
     """Start, print the device lines, serve until a signal or the end; 0 then, 2 when it cannot start."""
-    stop = threading.Event()
+    requested: list[int] = []
 
     def request_stop(signum: int, frame: FrameType | None) -> None:
-        stop.set()
+        requested.append(signum)  # no lock here (see WAIT_SLICE_S)
 
     # Installed before anything else, so an early Ctrl-C cannot end in a KeyboardInterrupt traceback.
     previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
@@ -222,8 +225,8 @@ def _serve_until_stopped(command: str, start: Callable[[], _Serving]) -> int:
             return 2
         try:
             print("\n".join(serving.lines), flush=True)
-            while not stop.wait(WAIT_SLICE_S) and not serving.finished():
-                pass
+            while not requested and not serving.finished():
+                time.sleep(WAIT_SLICE_S)
         finally:
             serving.stop()
         return 0
