@@ -286,7 +286,7 @@ def run_level(
         top_toml=f'compensation_file = "{work / "hub" / "compensation.toml"}"',
         tables_toml=(
             f'[[endpoints]]\nname = "shop-claims"\nurl = "{receiver.url}/claims"\nformat = "claim"\n'
-            f'secret_file = "{secret_file}"\n'
+            f'secret_file = "{secret_file}"\n' + ("[ingest]\n" + "\n".join(args.ingest) + "\n" if args.ingest else "")
         ),
     )
     injector: Injector | None = None
@@ -382,6 +382,9 @@ def main() -> None:
     parser.add_argument("--publishers", type=int, default=2)
     parser.add_argument("--pause", type=float, default=0.2, help="seconds between two excursions of a gateway")
     parser.add_argument("--warmup", type=float, default=3.0)
+    parser.add_argument(
+        "--ingest", action="append", default=[], metavar="KEY=VALUE", help="an [ingest] setting of the hub (repeatable)"
+    )
     parser.add_argument("--keep", type=Path, default=None)
     args = parser.parse_args()
     print(machine())
@@ -394,7 +397,12 @@ def main() -> None:
         ceiling = args.ceiling
         if not ceiling:
             _gen, drain, live, _gen_live, _check = measure_hub(
-                root / "ceiling", args.batch, 150_000, load_gateways, args.publishers
+                root / "ceiling",
+                args.batch,
+                150_000,
+                load_gateways,
+                args.publishers,
+                ingest_toml="\n".join(args.ingest),
             )
             ceiling = live.per_s
             print(

@@ -526,10 +526,22 @@ class Row:
 
 
 def measure_hub(
-    work: Path, batch_size: int, readings: int, gateways: list[str], publishers: int, *, spy_s: float = 0.0
+    work: Path,
+    batch_size: int,
+    readings: int,
+    gateways: list[str],
+    publishers: int,
+    *,
+    spy_s: float = 0.0,
+    ingest_toml: str = "",
 ) -> tuple[Rate, Rate, Rate, Rate, str]:
     broker = start_broker(work / "broker")
-    hub = HubProcess(work / "hub", broker.port, dict.fromkeys(gateways, "chilled-produce"))
+    hub = HubProcess(
+        work / "hub",
+        broker.port,
+        dict.fromkeys(gateways, "chilled-produce"),
+        tables_toml=f"[ingest]\n{ingest_toml}\n" if ingest_toml else "",
+    )
     try:
         hub.start()
         hub.stop()  # its persistent session stays: the broker queues for it from now on
@@ -765,6 +777,13 @@ def main() -> None:
         metavar="SECONDS",
         help="profile the hub for the first SECONDS of each drain",
     )
+    parser.add_argument(
+        "--ingest",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an [ingest] setting of the hub under test, e.g. group_max_bytes=2097152 (repeatable)",
+    )
     parser.add_argument("--keep", type=Path, default=None, help="keep logs and databases under this directory")
     args = parser.parse_args()
     print(machine())
@@ -779,7 +798,13 @@ def main() -> None:
             readings = int(PHASE_READINGS.get(batch_size, 300_000) * args.scale)
             work = root / f"batch-{batch_size}"
             gen, drain, live, gen_live, check = measure_hub(
-                work, batch_size, readings, gateways, args.publishers, spy_s=args.py_spy
+                work,
+                batch_size,
+                readings,
+                gateways,
+                args.publishers,
+                spy_s=args.py_spy,
+                ingest_toml="\n".join(args.ingest),
             )
             raw_drain, raw_live = measure_raw(work, batch_size, readings, gateways, args.publishers)
             rows.append(Row(batch_size, gen, drain, live, gen_live, raw_drain, raw_live, check))
