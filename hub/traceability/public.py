@@ -228,6 +228,11 @@ class PublicService:
             return cached[1], cached[2]
         return None
 
+    async def current_lot(self, lot_id: str) -> tuple[bytes, str]:
+        """``lot`` for the event loop: a fresh cache entry as it is, else computed in a thread."""
+        cached = self.cached_lot(lot_id)
+        return cached if cached is not None else await asyncio.to_thread(self.lot, lot_id)
+
     def lot(self, lot_id: str) -> tuple[bytes, str]:
         """The lot's view as JSON and its ETag, recomputed at most once per ``LOT_CACHE_S``."""
         cached = self.cached_lot(lot_id)
@@ -323,10 +328,7 @@ def add_public_routes(app: FastAPI, service: PublicService) -> None:
 
     @router.get("/public/v1/lots/{lot_id}", response_model=None)
     async def lot(lot_id: LotId, request: Request) -> Response:
-        # Nearly every request is a cache hit and is answered on the event loop; a miss reads the
-        # store in a thread (raising 404 there for an unknown lot).
-        cached = service.cached_lot(lot_id)
-        body, etag = cached if cached is not None else await asyncio.to_thread(service.lot, lot_id)
+        body, etag = await service.current_lot(lot_id)  # 404 for an unknown lot
         if request.headers.get("if-none-match") == etag:
             response = Response(status_code=status.HTTP_304_NOT_MODIFIED)
         else:
@@ -336,8 +338,7 @@ def add_public_routes(app: FastAPI, service: PublicService) -> None:
 
     @router.get("/public/v1/lots/{lot_id}/events", response_model=None)
     async def lot_events(lot_id: LotId, request: Request) -> StreamingResponse:
-        if service.cached_lot(lot_id) is None:
-            await asyncio.to_thread(service.lot, lot_id)  # 404 before the stream starts
+        await service.current_lot(lot_id)  # 404 before the stream starts
 
         async def stream() -> AsyncIterator[bytes]:
             with service.feeds.subscribe(lot_id) as updates:

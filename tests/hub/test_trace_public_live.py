@@ -20,7 +20,7 @@ from fastapi import HTTPException
 from coldchain.messages import Quantity, Reading
 from hub.traceability import public
 from hub.traceability.public import LotBroadcaster
-from tests.hub.test_trace_public import T0, Setup
+from tests.support.trace import T0, Setup
 
 STEP = 5.0  # generous bound on any single wait, so a broken feature fails instead of hanging
 

@@ -14,7 +14,7 @@ import pytest
 from coldchain import topics
 from coldchain.messages import Quantity, Reading, TelemetryBatch, encode
 from firmware_sims.probe import ProbeBusSimulator
-from tests.support.checks import assert_store_exact, stop_agent, wait_until
+from tests.support.checks import assert_store_exact, kill_hub_twice_mid_stream, stop_agent, wait_until
 from tests.support.hub import Hub
 from tests.support.mqtt import TestClient, make_batches
 from tests.support.processes import Child
@@ -124,16 +124,7 @@ def test_hub_killed_mid_stream_loses_and_doubles_nothing(
 ) -> None:
     hub = hub_factory(broker).start()
     agent = agent_factory(broker, probe_bus).start()
-    for round_ in range(2):
-        target = 15 * (round_ + 1)
-        wait_until(lambda t=target: hub.scalar("SELECT count(*) FROM batches") >= t, 30, "stream too slow")
-        hub.child.kill()
-        time.sleep(2)
-        hub.start()
-
-    wait_until(lambda: hub.scalar("SELECT count(*) FROM batches") >= 40, 30, "stream did not resume")
-    sampled, last_seq = stop_agent(agent)
-    assert_store_exact(hub, "gw-test-1", sampled, last_seq)
+    kill_hub_twice_mid_stream(hub, agent)
 
 
 def test_hub_away_behind_a_dropping_broker_still_gets_every_reading_once(

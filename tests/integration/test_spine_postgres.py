@@ -13,7 +13,7 @@ from datetime import datetime
 import pytest
 
 from firmware_sims.probe import ProbeBusSimulator
-from tests.support.checks import assert_store_exact, stop_agent, wait_until
+from tests.support.checks import assert_store_exact, kill_hub_twice_mid_stream, stop_agent, wait_until
 from tests.support.hub import Hub
 from tests.support.postgres import PostgresServer
 from tests.support.processes import Child
@@ -38,16 +38,7 @@ def test_a_hub_on_postgresql_killed_mid_stream_loses_and_doubles_nothing(
 ) -> None:
     hub = hub_factory(broker, store_url=store_url).start()  # migrates the empty database on start
     agent = agent_factory(broker, probe_bus).start()
-    for round_ in range(2):
-        target = 15 * (round_ + 1)
-        wait_until(lambda t=target: hub.scalar("SELECT count(*) FROM batches") >= t, 30, "stream too slow")
-        hub.child.kill()
-        time.sleep(2)
-        hub.start()
-
-    wait_until(lambda: hub.scalar("SELECT count(*) FROM batches") >= 40, 30, "stream did not resume")
-    sampled, last_seq = stop_agent(agent)
-    assert_store_exact(hub, "gw-test-1", sampled, last_seq)
+    kill_hub_twice_mid_stream(hub, agent)
     served = hub.get("/api/v1/readings/latest?gateway_id=gw-test-1").json()
     newest = hub.query(
         "SELECT sensor_id, quantity, max(ts_ms) FROM readings WHERE gateway_id = ? GROUP BY sensor_id, quantity",

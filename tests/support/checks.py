@@ -48,3 +48,17 @@ def assert_store_exact(hub: Hub, gateway_id: str, sampled: int, last_seq: int) -
         gateway_id,
     )
     assert backwards == 0
+
+
+def kill_hub_twice_mid_stream(hub: Hub, agent: Child) -> None:
+    """SIGKILL the hub twice while the agent streams (after 15 and 30 batches), restart it, then let the
+    stream resume and stop the agent; the store must then hold exactly what was sampled."""
+    for round_ in range(2):
+        target = 15 * (round_ + 1)
+        wait_until(lambda t=target: hub.scalar("SELECT count(*) FROM batches") >= t, 30, "stream too slow")
+        hub.child.kill()
+        time.sleep(2)
+        hub.start()
+    wait_until(lambda: hub.scalar("SELECT count(*) FROM batches") >= 40, 30, "stream did not resume")
+    sampled, last_seq = stop_agent(agent)
+    assert_store_exact(hub, "gw-test-1", sampled, last_seq)
