@@ -93,5 +93,6 @@ class ProbeBusSimulator(PtyDevice):
         for device in self.devices:
             response = device.handle(request, t_s, stuck=faults.stuck)
             if response is not None:
-                write_all(fd, faults.maybe_corrupt(response), stopping)
+                # Counted before the write: a client that has the response must also see the count.
                 self.requests_served += 1
+                write_all(fd, faults.maybe_corrupt(response), stopping)

@@ -287,7 +287,8 @@ class UhfReaderSimulator(PtyDevice):
             for command in self.decoder.feed(data):
                 if self.faults.silent:
                     continue
-                for frame in self.answer(command):
-                    write_all(fd, self.faults.maybe_corrupt(frame), stopping)
+                # Counted before the answer goes out: a client that has it must also see the count.
                 if command.command == SINGLE_INVENTORY:
                     self.inventories_served += 1
+                for frame in self.answer(command):
+                    write_all(fd, self.faults.maybe_corrupt(frame), stopping)
