@@ -26,7 +26,7 @@ from hub.alarms import AlarmService, AlarmSettings
 from hub.detectors.detector_set import DetectorSet
 from hub.ingest import Inbound, IngestPipeline
 from hub.profiles import load_profile_book
-from hub.runtime import tune_garbage_collector
+from hub.runtime import tune_interpreter_for_ingest
 from hub.store import IngestWriter
 from tests.support.postgres import PostgresServer
 
@@ -98,7 +98,7 @@ def main() -> None:
     parser.add_argument("--readings", type=int, default=200_000)
     parser.add_argument("--postgresql", metavar="URL", help="also run on this PostgreSQL server (creates databases)")
     args = parser.parse_args()
-    tune_garbage_collector()  # as `coldchain hub run` does
+    tune_interpreter_for_ingest()  # as `coldchain hub run` does
     print(f"machine: {platform.machine()} {os.cpu_count()} cores, Python {platform.python_version()}")
     backends: list[tuple[str, str | None]] = [("SQLite file in tmp", None)]
     if args.postgresql:

@@ -27,7 +27,7 @@ from hub.alarms import AlarmService, AlarmSettings
 from hub.detectors.detector_set import DetectorSet
 from hub.ingest import Inbound, IngestPipeline
 from hub.profiles import load_profile_book
-from hub.runtime import tune_garbage_collector
+from hub.runtime import tune_interpreter_for_ingest
 from hub.store import IngestWriter
 
 GROUP_MESSAGES = 500
@@ -98,7 +98,7 @@ def main() -> None:
         "--pyinstrument", action="store_true", help="also a pyinstrument tree (pip install pyinstrument)"
     )
     args = parser.parse_args()
-    tune_garbage_collector()  # as `coldchain hub run` does
+    tune_interpreter_for_ingest()  # as `coldchain hub run` does
     print(
         f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}; "
         f"{args.readings:,} readings, {args.batch_size} per message, {GATEWAYS} gateways, groups of {GROUP_MESSAGES}"

@@ -1,20 +1,25 @@
 """Ingest: MQTT messages in, committed readings and end-to-end receipts out.
 
 ``IngestPipeline`` is the core: it takes a group of raw messages, validates them, asks the ledger
-which batches are new, commits everything in one transaction and returns the receipts to send.
-``MqttIngest`` is the I/O edge around it: paho-mqtt 2 with ``manual_ack``, so the broker gets its
-PUBACK only after the group holding the message is committed. If the hub dies before that, the
-broker redelivers, and the ledger drops what was already stored.
+which batches are new and the detectors what they find (``prepare``), commits everything in one
+transaction and returns the receipts to send (``commit``). ``MqttIngest`` is the I/O edge around it:
+paho-mqtt 2 with ``manual_ack``, so the broker gets its PUBACK only after the group holding the
+message is committed. If the hub dies before that, the broker redelivers, and the ledger drops what
+was already stored. It prepares the next group on one thread while a writer thread commits the one
+before it: judging holds the GIL, the database's work mostly does not.
 """
 
 from __future__ import annotations
 
+import contextlib
+import enum
 import logging
 import queue
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Final, Protocol, TypeVar, cast
 
@@ -44,7 +49,7 @@ from hub.alarms import AlarmChange
 from hub.db import StoreError
 from hub.detectors.base import Finding, SeriesKey
 from hub.detectors.detector_set import DetectorSet
-from hub.ledger import DeliveryLedger
+from hub.ledger import DeliveryLedger, Plan
 from hub.store import IngestWriter, Rejection, SideMessage
 
 log = logging.getLogger(__name__)
@@ -71,6 +76,8 @@ TICK_INTERVAL_S: Final = 5.0
 """How often silence and escalations are checked: far finer than their minutes-long thresholds."""
 RECONNECT_MIN_S: Final = 1
 RECONNECT_MAX_S: Final = 30
+INBOX_POLL_S: Final = 0.2
+"""Longest the ingest thread waits for a message with nothing in flight, so it notices ticks and a stop."""
 INBOX_WAIT_S: Final = 0.5
 """A full inbox is re-checked at least this often, so a stopping hub never waits on it for long."""
 RECEIPTS_IN_FLIGHT: Final = 1000
@@ -165,6 +172,20 @@ class _NoTimings:
         """Discard ``seconds``."""
 
 
+@dataclass(frozen=True, slots=True)
+class PreparedGroup:
+    """A group validated, deduplicated and judged by ``IngestPipeline.prepare``, waiting for its commit."""
+
+    messages: int
+    plan: Plan
+    rejections: list[Rejection]
+    side_messages: list[SideMessage]
+    findings: list[Finding]
+    now_ms: int
+    started: float
+    """``time.perf_counter()`` when preparing began: the commit timing covers the whole group."""
+
+
 class IngestPipeline:
     """Validate, deduplicate and commit groups of messages; return receipts to publish."""
 
@@ -197,7 +218,22 @@ class IngestPipeline:
         gateways keep their batches instead of anything being dropped."""
 
     def process(self, group: Sequence[Inbound]) -> list[Receipt]:
-        """Commit ``group`` atomically; raise ``StoreError`` (nothing changed) if the commit fails."""
+        """Prepare and commit ``group`` atomically; raise ``StoreError`` (nothing changed, the pipeline
+        rewound to what is committed) if the commit fails."""
+        prepared = self.prepare(group)
+        try:
+            return self.commit(prepared)
+        except StoreError:
+            self.rewind()
+            raise
+
+    def prepare(self, group: Sequence[Inbound]) -> PreparedGroup:
+        """Validate, deduplicate and judge ``group``, ready for ``commit``.
+
+        The ledger and the detectors move past the group at once, so the next group can be prepared
+        while this one commits on another thread. If a commit fails, everything prepared after it was
+        prepared on top of it: ``rewind`` before preparing again.
+        """
         if self.before_commit is not None:
             self.before_commit()
         started = time.perf_counter()
@@ -219,24 +255,29 @@ class IngestPipeline:
             else:
                 side_messages.append(parsed)
         plan = self._ledger.plan(batches)
+        self._ledger.apply(plan)
         now_ms = int(self._wall_clock() * 1000)
         judging = time.perf_counter()
         findings = self._judge(plan.new_batches)
         if self._detectors is not None:  # a hub without profiles judges nothing: no zero-length samples
             self._timings.observe_detectors(time.perf_counter() - judging)
+        return PreparedGroup(len(group), plan, rejections, side_messages, findings, now_ms, started)
+
+    def commit(self, prepared: PreparedGroup) -> list[Receipt]:
+        """Commit a prepared group atomically and return the receipts to publish.
+
+        May run on a second thread while the next group is prepared; groups must be committed in the
+        order they were prepared. On ``StoreError`` nothing changed: ``rewind`` before going on.
+        """
+        plan = prepared.plan
         with self._write_lock:
-            try:
-                changes = self._writer.commit(plan, rejections, side_messages, now_ms, findings)
-            except StoreError:
-                # The detectors already saw these readings; rebuild them from what is committed so
-                # the retry of this group is judged again, not skipped as late.
-                self._detectors = self._warm_detectors()
-                raise
-        self._ledger.apply(plan)
+            changes = self._writer.commit(
+                plan, prepared.rejections, prepared.side_messages, prepared.now_ms, prepared.findings
+            )
         self._report(changes)
 
         stats = self.stats
-        stats.add("messages", len(group))
+        stats.add("messages", prepared.messages)
         stats.add("batches_stored", len(plan.new_batches))
         stats.add("readings_stored", sum(len(b.readings) for b in plan.new_batches))
         stats.add("tag_reads_stored", sum(len(b.tag_reads) for b in plan.new_batches))
@@ -244,17 +285,28 @@ class IngestPipeline:
         stats.add("gap_records", sum(len(b.released) for b in plan.new_batches))
         stats.add("duplicates", plan.duplicates)
         stats.add("gaps", len(plan.gaps))
-        for rejection in rejections:
+        for rejection in prepared.rejections:
             stats.add(f"rejected_{rejection.reason}")
             log.warning("set aside message on %s: %s", rejection.topic, rejection.detail)
         for gap in plan.gaps:
             log.warning("gateway %s released seqs %d..%d unreceipted", gap.gateway_id, gap.first_seq, gap.last_seq)
         # Only committed groups are timed; a failed one is counted as a commit failure and timed on its retry.
-        self._timings.observe_commit(time.perf_counter() - started)
+        self._timings.observe_commit(time.perf_counter() - prepared.started)
         return [
-            Receipt(gateway_id=gateway_id, acked_seq=cursor.acked_seq, ts_ms=now_ms)
+            Receipt(gateway_id=gateway_id, acked_seq=cursor.acked_seq, ts_ms=prepared.now_ms)
             for gateway_id, cursor in plan.cursors.items()
         ]
+
+    def rewind(self) -> None:
+        """Put the ledger and the detectors back to what is committed, after a failed commit.
+
+        The detectors are rebuilt from the last checkpoint and the readings committed since, so the
+        groups prepared after the failed one are judged again when they are prepared again, not skipped
+        as late or duplicate. Raises ``StoreError`` if the store cannot be read.
+        """
+        with self._write_lock:
+            self._ledger = DeliveryLedger(self._writer.load_cursors())
+            self._detectors = self._warm_detectors()
 
     def tick(self) -> list[AlarmChange]:
         """Time-driven findings (silent sensors) and alarm escalations, committed."""
@@ -350,8 +402,27 @@ class IngestPipeline:
         return parsed
 
 
+class _Settled(enum.Enum):
+    """How an in-flight commit ended (``MqttIngest._settle``)."""
+
+    COMMITTED = "committed"
+    RECOMMITTED = "recommitted"
+    """It failed; it and the groups prepared after it were committed again, in order."""
+    STOPPED = "stopped"
+    """It failed, and the hub stopped before it could be committed again."""
+
+
+@dataclass(frozen=True, slots=True)
+class _InFlight:
+    """A group whose commit runs on the writer thread."""
+
+    group: list[Inbound]
+    future: Future[list[Receipt]]
+
+
 class MqttIngest:
-    """Runs an ``IngestPipeline`` against a broker: a paho network thread and one writer thread."""
+    """Runs an ``IngestPipeline`` against a broker: paho's network thread, an ingest thread that prepares
+    groups, and a writer thread that commits them."""
 
     def __init__(
         self,
@@ -377,7 +448,7 @@ class MqttIngest:
         self._received = 0
         self._committed = 0
         self._in_hand_oldest_ms: int | None = None
-        """received_ms of the first message of the group being committed (None between groups)."""
+        """received_ms of the first message of the oldest group in hand (None when none is)."""
         # Receipts are cumulative and retained: only a gateway's newest one matters. One per gateway is in
         # flight at a time and a newer one waits here, replacing any older waiting one. Without this,
         # under load every group queued a receipt per gateway inside paho, behind the broker's PUBACKs
@@ -399,7 +470,7 @@ class MqttIngest:
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
         self._client = client
-        self._writer_thread = threading.Thread(target=self._write_loop, name="hub-ingest-writer", daemon=True)
+        self._ingest_thread = threading.Thread(target=self._ingest_loop, name="hub-ingest", daemon=True)
 
     @property
     def connected(self) -> bool:
@@ -408,14 +479,14 @@ class MqttIngest:
 
     def start(self) -> None:
         """Connect (retrying in the background) and start committing."""
-        self._writer_thread.start()
+        self._ingest_thread.start()
         self._client.connect_async(self._mqtt.host, self._mqtt.port, keepalive=self._mqtt.keepalive_s)
         self._client.loop_start()
 
     def stop(self) -> None:
         """Stop taking messages, finish the group in hand, save the detectors' state and disconnect."""
         self._stop.set()
-        self._writer_thread.join(timeout=10)
+        self._ingest_thread.join(timeout=10)
         for receipt in list(self._receipt_waiting.values()):  # the newest of each gateway, whatever is in flight
             self._receipt_in_flight.pop(receipt.gateway_id, None)
             self._publish_receipt(receipt)
@@ -474,57 +545,123 @@ class MqttIngest:
             Inbound(msg.topic, bytes(msg.payload), int(time.time() * 1000), msg.mid, msg.qos, self._connection)
         )
 
-    def _write_loop(self) -> None:
+    def _ingest_loop(self) -> None:
+        """Take groups off the inbox and prepare each while the one before it commits on the writer thread.
+
+        Judging holds the GIL; SQLite's insert of a group's readings does not (one statement, see
+        ``hub.store``), so the two overlap on two cores. At most one group commits while the next is
+        prepared; ticks and checkpoints wait until nothing is in flight, so they see exactly what is
+        committed.
+        """
         next_tick = time.monotonic()
         next_checkpoint = time.monotonic() + CHECKPOINT_INTERVAL_S
-        while not self._stop.is_set():
-            now = time.monotonic()
-            if now >= next_tick:
-                next_tick = now + TICK_INTERVAL_S
-                try:
-                    self._pipeline.tick()
-                except StoreError as exc:
-                    log.error("alarm tick failed: %s", exc)
-            if now >= next_checkpoint:
-                next_checkpoint = now + CHECKPOINT_INTERVAL_S
-                try:
-                    self._pipeline.checkpoint()
-                except StoreError as exc:
-                    log.error("detector checkpoint failed: %s", exc)
-            self._publish_waiting_receipts()
-            group = self._next_group()
-            while group:
-                try:
-                    receipts = self._pipeline.process(group)
-                except StoreError as exc:
-                    self._pipeline.stats.add("commit_failures")
-                    log.error("%s; retrying in %.0f s", exc, COMMIT_RETRY_S)
-                    if self._stop.wait(COMMIT_RETRY_S):
-                        return  # unacked: the broker redelivers to the next hub
+        in_flight: _InFlight | None = None
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="hub-ingest-writer") as writer:
+            while not self._stop.is_set():
+                now = time.monotonic()
+                if now >= next_tick or now >= next_checkpoint:
+                    if in_flight is not None and self._settle(in_flight, []) is _Settled.STOPPED:
+                        return
+                    in_flight = None
+                    self._periodic(now, tick=now >= next_tick, checkpoint=now >= next_checkpoint)
+                    if now >= next_tick:
+                        next_tick = now + TICK_INTERVAL_S
+                    if now >= next_checkpoint:
+                        next_checkpoint = now + CHECKPOINT_INTERVAL_S
+                self._publish_waiting_receipts()
+                group = self._next_group(INBOX_POLL_S if in_flight is None else 0.0)
+                if not group:
+                    if in_flight is not None and self._settle(in_flight, []) is _Settled.STOPPED:
+                        return
+                    in_flight = None
                     continue
-                self._in_hand_oldest_ms = None
-                self._committed += len(group)
-                for message in group:
-                    # After a reconnect the broker redelivers unacked messages under new mids;
-                    # acking an old mid could confirm a different message.
-                    if message.qos > 0 and message.connection == self._connection:
-                        self._client.ack(message.mid, message.qos)
-                for receipt in receipts:
-                    self._publish_receipt(receipt)
-                group = []
+                prepared = self._pipeline.prepare(group)
+                if in_flight is not None:
+                    settled = self._settle(in_flight, [group])
+                    in_flight = None
+                    if settled is _Settled.STOPPED:
+                        return
+                    if settled is _Settled.RECOMMITTED:
+                        continue  # this group was committed with it
+                self._in_hand_oldest_ms = group[0].received_ms
+                in_flight = _InFlight(group, writer.submit(self._pipeline.commit, prepared))
+            if in_flight is not None:  # stopping: finish the commit in hand, retry nothing
+                with contextlib.suppress(StoreError):
+                    self._finish(in_flight.group, in_flight.future.result())
+
+    def _settle(self, in_flight: _InFlight, prepared_after: list[list[Inbound]]) -> _Settled:
+        """Wait for the in-flight commit, then ack its messages and publish its receipts.
+
+        If it failed, the pipeline was ahead of the store: the failed group and ``prepared_after``
+        (prepared on top of it) are committed again, in order. If the hub stops first their messages
+        stay unacked, and the broker redelivers them to the next hub.
+        """
+        try:
+            receipts = in_flight.future.result()
+        except StoreError as exc:
+            self._commit_failed(exc)
+            return _Settled.RECOMMITTED if self._recommit([in_flight.group, *prepared_after]) else _Settled.STOPPED
+        self._finish(in_flight.group, receipts)
+        return _Settled.COMMITTED
+
+    def _recommit(self, groups: list[list[Inbound]]) -> bool:
+        """Rewind the pipeline and commit ``groups`` in order, retrying until all are in; False if stopped."""
+        pending = list(groups)
+        while pending:
+            if self._stop.wait(COMMIT_RETRY_S):
+                return False
+            try:
+                self._pipeline.rewind()
+                while pending:
+                    receipts = self._pipeline.commit(self._pipeline.prepare(pending[0]))
+                    self._finish(pending.pop(0), receipts)
+            except StoreError as exc:
+                self._commit_failed(exc)
+        return True
+
+    def _commit_failed(self, exc: StoreError) -> None:
+        self._pipeline.stats.add("commit_failures")
+        log.error("%s; retrying in %.0f s", exc, COMMIT_RETRY_S)
+
+    def _finish(self, group: list[Inbound], receipts: list[Receipt]) -> None:
+        """Ack a committed group's messages to the broker and publish its receipts."""
+        self._in_hand_oldest_ms = None
+        self._committed += len(group)
+        for message in group:
+            # After a reconnect the broker redelivers unacked messages under new mids;
+            # acking an old mid could confirm a different message.
+            if message.qos > 0 and message.connection == self._connection:
+                self._client.ack(message.mid, message.qos)
+        for receipt in receipts:
+            self._publish_receipt(receipt)
+
+    def _periodic(self, now: float, *, tick: bool, checkpoint: bool) -> None:
+        """Silence and escalations, and the detectors' checkpoint; only with no commit in flight."""
+        if tick:
+            try:
+                self._pipeline.tick()
+            except StoreError as exc:
+                log.error("alarm tick failed: %s", exc)
+        if checkpoint:
+            try:
+                self._pipeline.checkpoint()
+            except StoreError as exc:
+                log.error("detector checkpoint failed: %s", exc)
 
     def _taken(self, message: Inbound) -> None:
         with self._inbox_room:
             self._inbox_bytes -= len(message.payload)
             self._inbox_room.notify()
 
-    def _next_group(self) -> list[Inbound]:
+    def _next_group(self, wait_s: float) -> list[Inbound]:
+        """The next commit group; empty if no message arrived within ``wait_s``."""
         try:
-            first = self._inbox.get(timeout=0.2)
+            first = self._inbox.get(timeout=wait_s) if wait_s > 0 else self._inbox.get_nowait()
         except queue.Empty:
             return []
         self._taken(first)
-        self._in_hand_oldest_ms = first.received_ms
+        if self._in_hand_oldest_ms is None:
+            self._in_hand_oldest_ms = first.received_ms
         group = [first]
         size = len(first.payload)
         deadline = time.monotonic() + self._config.group_max_wait_s

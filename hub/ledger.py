@@ -1,7 +1,9 @@
 """Per-gateway delivery ledger: which batches are new, and how far each gateway is receipted.
 
-Pure and in memory (sans-io): ``plan`` decides, the store commits the plan in one transaction,
-and only then ``apply`` makes it the ledger's state, so a failed commit changes nothing.
+Pure and in memory (sans-io): ``plan`` decides and ``apply`` makes a plan the ledger's state; the
+store commits each plan in one transaction. The ingest pipeline applies a plan as soon as it is made,
+so the next group is planned while this one commits; when a commit fails it builds a new ledger from
+the store's cursors (``IngestWriter.load_cursors``), which hold exactly what was committed.
 
 A gateway's cursor is ``acked_seq`` (every seq up to it is committed or declared lost) plus the
 set of seqs committed above it, which arrive out of order after broker drops and re-sends. A

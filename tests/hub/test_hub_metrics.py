@@ -225,7 +225,7 @@ def test_mqtt_ingest_backlog_counts_queued_and_in_hand_messages(tmp_path: Path) 
     assert before_ms <= backlog.oldest_received_ms <= int(time.time() * 1000)
     oldest_ms = backlog.oldest_received_ms
 
-    ingest._writer_thread.start()  # the writer only: no broker connection
+    ingest._ingest_thread.start()  # the writer only: no broker connection
     try:
         assert writer.entered.wait(10)
         # The first group (two messages) is in hand, blocked in its commit: still counted, still the oldest.
@@ -418,7 +418,7 @@ def test_a_full_inbox_holds_paho_back_until_the_writer_takes_messages(tmp_path: 
     threading.Thread(target=network_thread, daemon=True).start()
     assert not second_in.wait(1.0)  # the inbox is full: paho's thread is held back
     assert ingest.backlog().messages == 1
-    ingest._writer_thread.start()  # the writer takes the first message into its group: room again
+    ingest._ingest_thread.start()  # the writer takes the first message into its group: room again
     try:
         assert second_in.wait(10)
         writer.gate.set()
