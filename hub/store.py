@@ -222,22 +222,13 @@ class IngestWriter:
     def _write_batches(self, batches: Sequence[TelemetryBatch], now_ms: int) -> None:
         conn = self._conn
         _insert_json(conn, _BATCH_COLUMNS, [(b.gateway_id, b.seq, b.boot_id, now_ms, b.item_count) for b in batches])
-        _insert_readings(conn, batches)
-        self._write_rollups(batches)
-        newest: dict[tuple[str, str, str], tuple[int, float, str]] = {}
-        for b in batches:
-            for r in b.readings:
-                key = (b.gateway_id, r.sensor_id, r.quantity)
-                if key not in newest or r.ts_ms >= newest[key][0]:
-                    newest[key] = (r.ts_ms, r.value, r.quality)
-        _insert_json(
-            conn,
-            _LATEST_COLUMNS,
-            [(gw, sensor, quantity, ts, v, q) for (gw, sensor, quantity), (ts, v, q) in newest.items()],
-            "ON CONFLICT (gateway_id, sensor_id, quantity) DO UPDATE SET"
-            " ts_ms = excluded.ts_ms, value = excluded.value, quality = excluded.quality"
-            " WHERE excluded.ts_ms >= latest.ts_ms",
-        )
+        if any(b.readings for b in batches):
+            after = int(conn.execute(text("SELECT coalesce(max(id), 0) FROM readings")).scalar_one())
+            _insert_readings(conn, batches)
+            # Folded in by the database from the rows just inserted: per reading, Python held the GIL.
+            folds = _FOLD_NEW_READINGS[conn.dialect.name]
+            for statement in folds:
+                conn.execute(statement, {"after": after, "bucket": ROLLUP_BUCKET_MS})
         _bulk_insert(
             conn,
             _TAG_READ_COLUMNS,
@@ -307,35 +298,6 @@ class IngestWriter:
             "ON CONFLICT (gateway_id) DO UPDATE SET boot_id = excluded.boot_id,"
             " last_seen_ms = excluded.last_seen_ms, batches = gateways.batches + excluded.batches,"
             " readings = gateways.readings + excluded.readings",
-        )
-
-    def _write_rollups(self, batches: Sequence[TelemetryBatch]) -> None:
-        buckets: dict[tuple[str, str, str, int], list[float]] = {}
-        for b in batches:
-            for r in b.readings:
-                key = (b.gateway_id, r.quantity, r.sensor_id, r.ts_ms - r.ts_ms % ROLLUP_BUCKET_MS)
-                agg = buckets.get(key)
-                if agg is None:
-                    buckets[key] = [r.value, r.value, r.value, 1.0]
-                else:
-                    agg[0] = min(agg[0], r.value)
-                    agg[1] = max(agg[1], r.value)
-                    agg[2] += r.value
-                    agg[3] += 1
-        _insert_json(
-            self._conn,
-            _ROLLUP_COLUMNS,
-            [
-                (gw, quantity, sensor, bucket, low, high, total, int(count))
-                for (gw, quantity, sensor, bucket), (low, high, total, count) in buckets.items()
-            ],
-            # CASE, not two-argument min()/max(): PostgreSQL spells those least()/greatest().
-            "ON CONFLICT (gateway_id, quantity, bucket_ms, sensor_id) DO UPDATE SET"
-            " min_value = CASE WHEN excluded.min_value < rollups.min_value"
-            " THEN excluded.min_value ELSE rollups.min_value END,"
-            " max_value = CASE WHEN excluded.max_value > rollups.max_value"
-            " THEN excluded.max_value ELSE rollups.max_value END,"
-            " sum_value = rollups.sum_value + excluded.sum_value, samples = rollups.samples + excluded.samples",
         )
 
     def _write_cursors(self, cursors: Mapping[str, Cursor], now_ms: int) -> None:
@@ -446,11 +408,6 @@ _REJECTED_COLUMNS: Final = (
     ("received_ms", "topic", "reason", "detail", "payload_size", "payload"),
 )
 _BATCH_COLUMNS: Final = (schema.batches, ("gateway_id", "seq", "boot_id", "received_ms", "reading_count"))
-_LATEST_COLUMNS: Final = (schema.latest, ("gateway_id", "sensor_id", "quantity", "ts_ms", "value", "quality"))
-_ROLLUP_COLUMNS: Final = (
-    schema.rollups,
-    ("gateway_id", "quantity", "sensor_id", "bucket_ms", "min_value", "max_value", "sum_value", "samples"),
-)
 _GATEWAY_SEEN_COLUMNS: Final = (
     schema.gateways,
     ("gateway_id", "boot_id", "first_seen_ms", "last_seen_ms", "batches", "readings"),
@@ -527,6 +484,52 @@ _INSERT_READINGS_SQL: Final = {
         " FROM b, json_array_elements(b.readings) WITH ORDINALITY AS r(value, m) ORDER BY b.n, r.m"
     ),
 }
+
+
+_ROLLUP_CONFLICT: Final = (
+    # CASE, not two-argument min()/max(): PostgreSQL spells those least()/greatest().
+    " ON CONFLICT (gateway_id, quantity, bucket_ms, sensor_id) DO UPDATE SET"
+    " min_value = CASE WHEN excluded.min_value < rollups.min_value THEN excluded.min_value ELSE rollups.min_value END,"
+    " max_value = CASE WHEN excluded.max_value > rollups.max_value THEN excluded.max_value ELSE rollups.max_value END,"
+    " sum_value = rollups.sum_value + excluded.sum_value, samples = rollups.samples + excluded.samples"
+)
+_LATEST_CONFLICT: Final = (
+    " ON CONFLICT (gateway_id, sensor_id, quantity) DO UPDATE SET"
+    " ts_ms = excluded.ts_ms, value = excluded.value, quality = excluded.quality WHERE excluded.ts_ms >= latest.ts_ms"
+)
+_FOLD_NEW_READINGS: Final = {
+    # SQLite upserts row by row in id order: each reading folds into its minute bucket, and the newest of
+    # a series wins (the later of equal times), in C with the GIL released. A sort (GROUP BY, a window)
+    # cost more than the Python it replaced (docs/benchmarks.md).
+    "sqlite": (
+        text(
+            "INSERT INTO rollups (gateway_id, quantity, sensor_id, bucket_ms, min_value, max_value, sum_value,"  # noqa: S608 - constant text
+            " samples) SELECT gateway_id, quantity, sensor_id, ts_ms - ts_ms % :bucket, value, value, value, 1"
+            " FROM readings WHERE id > :after ORDER BY id" + _ROLLUP_CONFLICT
+        ),
+        text(
+            "INSERT INTO latest (gateway_id, sensor_id, quantity, ts_ms, value, quality)"  # noqa: S608 - constant text
+            " SELECT gateway_id, sensor_id, quantity, ts_ms, value, quality FROM readings WHERE id > :after"
+            " ORDER BY id" + _LATEST_CONFLICT
+        ),
+    ),
+    # PostgreSQL refuses to update a row twice in one statement: one row per key, aggregated first.
+    "postgresql": (
+        text(
+            "INSERT INTO rollups (gateway_id, quantity, sensor_id, bucket_ms, min_value, max_value, sum_value,"  # noqa: S608 - constant text
+            " samples) SELECT gateway_id, quantity, sensor_id, ts_ms - ts_ms % :bucket, min(value), max(value),"
+            " sum(value), count(*) FROM readings WHERE id > :after"
+            " GROUP BY gateway_id, quantity, sensor_id, ts_ms - ts_ms % :bucket" + _ROLLUP_CONFLICT
+        ),
+        text(
+            "INSERT INTO latest (gateway_id, sensor_id, quantity, ts_ms, value, quality)"  # noqa: S608 - constant text
+            " SELECT DISTINCT ON (gateway_id, sensor_id, quantity) gateway_id, sensor_id, quantity, ts_ms, value,"
+            " quality FROM readings WHERE id > :after ORDER BY gateway_id, sensor_id, quantity, ts_ms DESC, id DESC"
+            + _LATEST_CONFLICT
+        ),
+    ),
+}
+"""Fold the readings with ids above ``:after`` (those of this commit) into ``rollups`` and ``latest``."""
 
 
 def _insert_readings(conn: Connection, batches: Sequence[TelemetryBatch]) -> None:

@@ -17,6 +17,7 @@ from coldchain.topics import Channel, topic_for
 from hub.db import Database, StoreError
 from hub.ingest import Inbound, IngestPipeline
 from hub.migrations import head
+from hub.schema import ROLLUP_BUCKET_MS
 from hub.store import REJECTED_PAYLOAD_KEEP_BYTES, IngestWriter, ReadStore
 from tests.support.store import execute, query, refusing_inserts
 
@@ -299,6 +300,36 @@ def test_latest_keeps_the_newest_by_timestamp_even_when_older_arrives_later(hub)
     [latest] = ReadStore(hub.url).latest()
     assert (latest.ts_ms, latest.value) == (TS + 200_000, 1.0)
     assert ReadStore(hub.url).reading_count() == 6
+
+
+def test_latest_takes_the_later_of_two_readings_with_the_same_time(hub):
+    same_time = [Reading("probe-1", Quantity.TEMPERATURE, TS, v) for v in (3.0, 3.5)]
+    hub.process(telemetry("gw-1", 1, readings=same_time))
+    [latest] = ReadStore(hub.url).latest()
+    assert (latest.ts_ms, latest.value) == (TS, 3.5)
+
+
+def test_rollups_fold_each_reading_into_its_five_minute_bucket_across_commits(hub):
+    bucket = TS - TS % ROLLUP_BUCKET_MS
+
+    def readings(sensor: str, *points: tuple[int, float]) -> list[Reading]:
+        return [Reading(sensor, Quantity.TEMPERATURE, bucket + offset_ms, value) for offset_ms, value in points]
+
+    # Two series in one group, each across two buckets, then a later commit adding to a bucket already stored.
+    hub.process(
+        telemetry("gw-1", 1, readings=readings("probe-1", (0, 4.0), (60_000, 2.5), (ROLLUP_BUCKET_MS, 7.0))),
+        telemetry("gw-1", 2, readings=readings("probe-2", (1_000, -1.0), (2_000, -3.0))),
+    )
+    hub.process(telemetry("gw-1", 3, readings=readings("probe-1", (120_000, 6.0), (ROLLUP_BUCKET_MS + 1, 8.0))))
+    rows = hub.query(
+        "SELECT sensor_id, bucket_ms, min_value, max_value, sum_value, samples FROM rollups"
+        " ORDER BY sensor_id, bucket_ms"
+    )
+    assert rows == [
+        ("probe-1", bucket, 2.5, 6.0, 12.5, 3),
+        ("probe-1", bucket + ROLLUP_BUCKET_MS, 7.0, 8.0, 15.0, 2),
+        ("probe-2", bucket, -3.0, -1.0, -4.0, 2),
+    ]
 
 
 def test_latest_per_series_and_per_gateway(hub):
