@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import enum
 import math
+import re
 from dataclasses import dataclass
 from typing import Annotated, Any, Final, Literal, TypeVar
 
@@ -35,7 +36,8 @@ MAX_SEQ: Final = 2**63 - 1
 """seq is stored in signed 64-bit database columns."""
 
 GatewayId = Annotated[str, msgspec.Meta(pattern=GATEWAY_ID_PATTERN)]
-SensorId = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}\Z")]
+SENSOR_ID_PATTERN: Final = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}\Z"
+SensorId = Annotated[str, msgspec.Meta(pattern=SENSOR_ID_PATTERN)]
 BootId = Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{32}\Z")]
 Seq = Annotated[int, msgspec.Meta(ge=1, le=MAX_SEQ)]
 TimestampMs = Annotated[int, msgspec.Meta(ge=MIN_TS_MS, le=MAX_TS_MS)]
@@ -65,16 +67,34 @@ QUANTITY_LIMITS: Final[dict[Quantity, tuple[float, float]]] = {
 }
 
 
-class Reading(msgspec.Struct, array_like=True, frozen=True, forbid_unknown_fields=True, gc=False):
-    """One measurement, encoded as ``[sensor_id, quantity, ts_ms, value, quality]`` to keep batches small."""
+_SENSOR_ID: Final = re.compile(SENSOR_ID_PATTERN)
+_VALID_SENSOR_IDS: set[str] = set()
+VALID_SENSOR_IDS_MAX: Final = 65_536
+"""Sensor ids remembered as matching ``SENSOR_ID_PATTERN``; past this many the memory starts afresh, so
+a flood of made-up ids cannot grow it."""
 
-    sensor_id: SensorId
+
+class Reading(msgspec.Struct, array_like=True, frozen=True, forbid_unknown_fields=True, gc=False):
+    """One measurement, encoded as ``[sensor_id, quantity, ts_ms, value, quality]`` to keep batches small.
+
+    ``sensor_id`` is checked against ``SENSOR_ID_PATTERN`` here, once per distinct id, not by msgspec's
+    pattern on every reading: a gateway sends the same few ids millions of times, and the regular
+    expression was more than half of decoding a batch (bench/ingest_e2e.py, docs/benchmarks.md).
+    """
+
+    sensor_id: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
     quantity: Quantity
     ts_ms: TimestampMs
     value: float
     quality: Quality = Quality.GOOD
 
     def __post_init__(self) -> None:
+        if self.sensor_id not in _VALID_SENSOR_IDS:
+            if _SENSOR_ID.match(self.sensor_id) is None:
+                raise ValueError(f"sensor_id {self.sensor_id!r} does not match {SENSOR_ID_PATTERN!r}")
+            if len(_VALID_SENSOR_IDS) >= VALID_SENSOR_IDS_MAX:
+                _VALID_SENSOR_IDS.clear()
+            _VALID_SENSOR_IDS.add(self.sensor_id)
         low, high = QUANTITY_LIMITS[self.quantity]
         if not math.isfinite(self.value) or not low <= self.value <= high:
             raise ValueError(f"{self.quantity.value} value {self.value!r} is outside [{low}, {high}]")

@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from coldchain import messages
 from coldchain.errors import ContractError
 from coldchain.messages import (
     DEFAULT_MAX_PAYLOAD_BYTES,
@@ -195,11 +196,16 @@ INVALID_TELEMETRY = [
     pytest.param(telemetry_doc(gateway_id="gw-1\n"), "$.gateway_id", id="gateway-trailing-newline"),
     pytest.param(telemetry_doc(boot_id="A" * 32), "$.boot_id", id="boot-id-uppercase"),
     pytest.param(telemetry_doc(boot_id="a" * 31), "$.boot_id", id="boot-id-short"),
-    pytest.param(telemetry_doc(readings=[reading_row(sensor_id="-p1")]), "$.readings[0][0]", id="sensor-leading-dash"),
-    pytest.param(telemetry_doc(readings=[reading_row(sensor_id="p 1")]), "$.readings[0][0]", id="sensor-space"),
+    # The pattern is checked once per distinct id after decoding (Reading.__post_init__): the text names the field.
+    pytest.param(
+        telemetry_doc(readings=[reading_row(sensor_id="-p1")]),
+        "sensor_id '-p1' does not match",
+        id="sensor-leading-dash",
+    ),
+    pytest.param(telemetry_doc(readings=[reading_row(sensor_id="p 1")]), "sensor_id 'p 1'", id="sensor-space"),
     pytest.param(telemetry_doc(readings=[reading_row(sensor_id="p" * 65)]), "$.readings[0][0]", id="sensor-too-long"),
     pytest.param(
-        telemetry_doc(readings=[reading_row(sensor_id="p1\n")]), "$.readings[0][0]", id="sensor-trailing-newline"
+        telemetry_doc(readings=[reading_row(sensor_id="p1\n")]), "sensor_id 'p1\\n'", id="sensor-trailing-newline"
     ),
     pytest.param(telemetry_doc(readings=[reading_row(quantity="pressure")]), "$.readings[0][1]", id="quantity"),
     pytest.param(telemetry_doc(readings=[reading_row(quality="great")]), "$.readings[0][4]", id="quality"),
@@ -230,6 +236,18 @@ def test_invalid_telemetry_is_rejected_naming_the_field(document, field):
         decode(raw(document), TelemetryBatch)
     assert info.value.reason == "invalid"
     assert field in str(info.value)
+
+
+def test_a_sensor_id_is_refused_every_time_and_the_memory_of_valid_ones_stays_bounded(monkeypatch):
+    monkeypatch.setattr(messages, "VALID_SENSOR_IDS_MAX", 3)
+    monkeypatch.setattr(messages, "_VALID_SENSOR_IDS", set())
+    for _ in range(2):  # a refused id is not remembered as valid
+        with pytest.raises(ContractError, match="sensor_id '-p1'"):
+            decode(raw(telemetry_doc(readings=[reading_row(sensor_id="-p1")])), TelemetryBatch)
+    for sensor in ("p1", "p2", "p3", "p4", "p5"):
+        decode(raw(telemetry_doc(readings=[reading_row(sensor_id=sensor)])), TelemetryBatch)
+        assert len(messages._VALID_SENSOR_IDS) <= 3
+    assert "-p1" not in messages._VALID_SENSOR_IDS
 
 
 def test_overflowing_number_is_invalid_not_infinite():
