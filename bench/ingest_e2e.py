@@ -26,7 +26,7 @@ the issue's figure), sampling every second the hub's and Mosquitto's RSS, the br
 and checks that every published reading is stored exactly once.
 
 Run: PYTHONPATH=. .venv/bin/python bench/ingest_e2e.py   (needs mosquitto; about 5 minutes)
-     [--py-spy 3]   (profile the hub in each drain; needs .venv/bin/pip install py-spy)
+     [--py-spy 3 [--py-spy-gil]]   (profile the hub in each drain; needs .venv/bin/pip install py-spy)
      PYTHONPATH=. .venv/bin/python bench/ingest_e2e.py --overload-seconds 60 --scale 3   (longer)
 """
 
@@ -533,6 +533,7 @@ def measure_hub(
     publishers: int,
     *,
     spy_s: float = 0.0,
+    spy_gil_only: bool = False,
     ingest_toml: str = "",
 ) -> tuple[Rate, Rate, Rate, Rate, str]:
     broker = start_broker(work / "broker")
@@ -554,7 +555,9 @@ def measure_hub(
         since_ms = int(time.time() * 1000)
         hub.start()
         sampler = CpuSampler({"hub": hub.ps(), "broker": broker_process(broker), "bench": psutil.Process()})
-        spy = spy_on.record(hub.ps().pid, spy_s, work / f"spy-{batch_size}.txt") if spy_s else None
+        spy = (
+            spy_on.record(hub.ps().pid, spy_s, work / f"spy-{batch_size}.txt", gil_only=spy_gil_only) if spy_s else None
+        )
         wait_stored(hub, sent.messages * batch_size, 600)
         drain = commit_rate(hub, since_ms)
         if spy is not None:
@@ -777,6 +780,7 @@ def main() -> None:
         metavar="SECONDS",
         help="profile the hub for the first SECONDS of each drain",
     )
+    parser.add_argument("--py-spy-gil", action="store_true", help="with --py-spy: sample only the GIL's holder")
     parser.add_argument(
         "--ingest",
         action="append",
@@ -804,6 +808,7 @@ def main() -> None:
                 gateways,
                 args.publishers,
                 spy_s=args.py_spy,
+                spy_gil_only=args.py_spy_gil,
                 ingest_toml="\n".join(args.ingest),
             )
             raw_drain, raw_live = measure_raw(work, batch_size, readings, gateways, args.publishers)

@@ -19,14 +19,20 @@ IDLE = re.compile(r"select|epoll|poll|wait \(|sleep|get \(queue|_loop \(paho")
 """Leaf frames of a thread that waits (event loop, queues, conditions, paho's select): not cost."""
 
 
-def record(pid: int, seconds: float, out: Path, rate: int = 100) -> subprocess.Popen[bytes] | None:
-    """Start ``py-spy record`` on ``pid`` for ``seconds`` (all threads, raw stacks to ``out``); None without py-spy."""
+def record(
+    pid: int, seconds: float, out: Path, rate: int = 100, *, gil_only: bool = False
+) -> subprocess.Popen[bytes] | None:
+    """Start ``py-spy record`` on ``pid`` for ``seconds`` (all threads, raw stacks to ``out``); None without py-spy.
+
+    ``gil_only`` samples only the thread holding the GIL: with two busy threads, where the GIL goes
+    (what limits the process) rather than where each thread spends its time, SQLite included.
+    """
     binary = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     if not Path(binary).exists():
         print("  (py-spy not installed: no profile)")
         return None
     command = [binary, "record", "-p", str(pid), "-d", str(max(1, round(seconds))), "-r", str(rate)]
-    command += ["--nonblocking", "--threads", "-f", "raw", "-o", str(out)]
+    command += ["--nonblocking", "--threads", "-f", "raw", "-o", str(out)] + (["--gil"] if gil_only else [])
     return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 

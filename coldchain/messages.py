@@ -79,7 +79,7 @@ class Reading(msgspec.Struct, array_like=True, frozen=True, forbid_unknown_field
 
     ``sensor_id`` is checked against ``SENSOR_ID_PATTERN`` here, once per distinct id, not by msgspec's
     pattern on every reading: a gateway sends the same few ids millions of times, and the regular
-    expression was more than half of decoding a batch (bench/ingest_e2e.py, docs/benchmarks.md).
+    expression was more than half of decoding a batch (bench/decode.py: 0.66 -> 0.26 us a reading).
     """
 
     sensor_id: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
