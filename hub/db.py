@@ -15,7 +15,9 @@ Schema changes are Alembic migrations (``hub/migrations``); :meth:`Database.upgr
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -67,6 +69,13 @@ class Database:
             raise StoreError(f"database {parsed.drivername!r} is not supported; use sqlite or postgresql")
         self.url = parsed
         self.engine = self._sqlite_engine(parsed) if self.backend == "sqlite" else self._postgres_engine(parsed)
+        # SQLite has one write lock per file. A writer that finds it taken sleeps in SQLite's busy handler
+        # (1, 2, 5 ... 100 ms), so under continuous ingest the outbox's one-row updates waited hundreds of
+        # ms for a gap (bench/alarm_latency.py). Writers of this process queue here instead and are woken
+        # the moment the lock is free. Reentrant: a nested write is SQLite's business, as before.
+        self._write_gate: contextlib.AbstractContextManager[object] = (
+            threading.RLock() if self.backend == "sqlite" else contextlib.nullcontext()
+        )
 
     @classmethod
     def of(cls, target: Database | Path | str, *, read_only: bool = False) -> Database:
@@ -167,11 +176,19 @@ class Database:
         except SQLAlchemyError as exc:
             raise StoreError(f"query on {self.display_url} failed: {exc}") from exc
 
+    def write_gate(self) -> contextlib.AbstractContextManager[object]:
+        """Hold around a write transaction: writers of this process take turns (SQLite; nothing on PostgreSQL)."""
+        return self._write_gate
+
     @contextmanager
     def writing(self) -> Iterator[Connection]:
         """A short write transaction on a pooled connection, committed on success."""
         try:
-            with self.engine.connect().execution_options(**{_WRITE_OPTION: True}) as conn, conn.begin():
+            with (
+                self._write_gate,
+                self.engine.connect().execution_options(**{_WRITE_OPTION: True}) as conn,
+                conn.begin(),
+            ):
                 yield conn
         except SQLAlchemyError as exc:
             raise StoreError(f"write to {self.display_url} failed: {exc}") from exc

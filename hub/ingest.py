@@ -417,7 +417,7 @@ class _InFlight:
     """A group whose commit runs on the writer thread."""
 
     group: list[Inbound]
-    future: Future[list[Receipt]]
+    future: Future[None]
 
 
 class MqttIngest:
@@ -453,7 +453,9 @@ class MqttIngest:
         # flight at a time and a newer one waits here, replacing any older waiting one. Without this,
         # under load every group queued a receipt per gateway inside paho, behind the broker's PUBACKs
         # (which wait behind megabytes of telemetry on the same socket): minutes of delay and hundreds of
-        # MiB (bench/ingest_e2e.py overload). Only the writer thread touches these.
+        # MiB (bench/ingest_e2e.py overload). Touched under ``_receipts_lock``: the writer thread publishes
+        # after each commit, the ingest thread sends the waiting ones between groups.
+        self._receipts_lock = threading.Lock()
         self._receipt_in_flight: dict[str, tuple[paho.MQTTMessageInfo, float]] = {}
         self._receipt_waiting: dict[str, Receipt] = {}
         client = paho.Client(
@@ -487,9 +489,10 @@ class MqttIngest:
         """Stop taking messages, finish the group in hand, save the detectors' state and disconnect."""
         self._stop.set()
         self._ingest_thread.join(timeout=10)
-        for receipt in list(self._receipt_waiting.values()):  # the newest of each gateway, whatever is in flight
-            self._receipt_in_flight.pop(receipt.gateway_id, None)
-            self._publish_receipt(receipt)
+        with self._receipts_lock:
+            for receipt in list(self._receipt_waiting.values()):  # the newest of each gateway, whatever is in flight
+                self._receipt_in_flight.pop(receipt.gateway_id, None)
+                self._publish_receipt(receipt)
         try:
             self._pipeline.checkpoint()
         except StoreError as exc:
@@ -562,7 +565,7 @@ class MqttIngest:
                 if now >= next_tick or now >= next_checkpoint:
                     if in_flight is not None and self._settle(in_flight, []) is _Settled.STOPPED:
                         return
-                    in_flight = None
+                    in_flight, self._in_hand_oldest_ms = None, None
                     self._periodic(now, tick=now >= next_tick, checkpoint=now >= next_checkpoint)
                     if now >= next_tick:
                         next_tick = now + TICK_INTERVAL_S
@@ -573,7 +576,7 @@ class MqttIngest:
                 if not group:
                     if in_flight is not None and self._settle(in_flight, []) is _Settled.STOPPED:
                         return
-                    in_flight = None
+                    in_flight, self._in_hand_oldest_ms = None, None
                     continue
                 prepared = self._pipeline.prepare(group)
                 if in_flight is not None:
@@ -582,26 +585,30 @@ class MqttIngest:
                     if settled is _Settled.STOPPED:
                         return
                     if settled is _Settled.RECOMMITTED:
+                        self._in_hand_oldest_ms = None
                         continue  # this group was committed with it
                 self._in_hand_oldest_ms = group[0].received_ms
-                in_flight = _InFlight(group, writer.submit(self._pipeline.commit, prepared))
+                in_flight = _InFlight(group, writer.submit(self._commit_and_finish, group, prepared))
             if in_flight is not None:  # stopping: finish the commit in hand, retry nothing
                 with contextlib.suppress(StoreError):
-                    self._finish(in_flight.group, in_flight.future.result())
+                    in_flight.future.result()
+
+    def _commit_and_finish(self, group: list[Inbound], prepared: PreparedGroup) -> None:
+        """The writer thread's job: commit, then ack and receipt at once, not after the next group is judged."""
+        self._finish(group, self._pipeline.commit(prepared))
 
     def _settle(self, in_flight: _InFlight, prepared_after: list[list[Inbound]]) -> _Settled:
-        """Wait for the in-flight commit, then ack its messages and publish its receipts.
+        """Wait for the in-flight commit (which acks its messages and publishes its receipts itself).
 
         If it failed, the pipeline was ahead of the store: the failed group and ``prepared_after``
         (prepared on top of it) are committed again, in order. If the hub stops first their messages
         stay unacked, and the broker redelivers them to the next hub.
         """
         try:
-            receipts = in_flight.future.result()
+            in_flight.future.result()
         except StoreError as exc:
             self._commit_failed(exc)
             return _Settled.RECOMMITTED if self._recommit([in_flight.group, *prepared_after]) else _Settled.STOPPED
-        self._finish(in_flight.group, receipts)
         return _Settled.COMMITTED
 
     def _recommit(self, groups: list[list[Inbound]]) -> bool:
@@ -624,16 +631,17 @@ class MqttIngest:
         log.error("%s; retrying in %.0f s", exc, COMMIT_RETRY_S)
 
     def _finish(self, group: list[Inbound], receipts: list[Receipt]) -> None:
-        """Ack a committed group's messages to the broker and publish its receipts."""
-        self._in_hand_oldest_ms = None
+        """Ack a committed group's messages to the broker and publish its receipts (writer thread, or the
+        ingest thread while recommitting with the writer idle)."""
         self._committed += len(group)
         for message in group:
             # After a reconnect the broker redelivers unacked messages under new mids;
             # acking an old mid could confirm a different message.
             if message.qos > 0 and message.connection == self._connection:
                 self._client.ack(message.mid, message.qos)
-        for receipt in receipts:
-            self._publish_receipt(receipt)
+        with self._receipts_lock:
+            for receipt in receipts:
+                self._publish_receipt(receipt)
 
     def _periodic(self, now: float, *, tick: bool, checkpoint: bool) -> None:
         """Silence and escalations, and the detectors' checkpoint; only with no commit in flight."""
@@ -682,7 +690,9 @@ class MqttIngest:
         return group
 
     def _publish_receipt(self, receipt: Receipt) -> None:
-        """Publish ``receipt`` now, or keep it as the gateway's next one while an older one is in flight."""
+        """Publish ``receipt`` now, or keep it as the gateway's next one while an older one is in flight.
+
+        The caller holds ``_receipts_lock``."""
         in_flight = self._receipt_in_flight.get(receipt.gateway_id)
         if (
             in_flight is not None
@@ -705,8 +715,9 @@ class MqttIngest:
 
     def _publish_waiting_receipts(self) -> None:
         """Send each waiting receipt whose predecessor the broker has acknowledged (or that stalled)."""
-        for receipt in list(self._receipt_waiting.values()):
-            self._publish_receipt(receipt)
+        with self._receipts_lock:
+            for receipt in list(self._receipt_waiting.values()):
+                self._publish_receipt(receipt)
 
     def send_command(self, command: Command) -> None:
         """Record ``command`` and publish it to its gateway (QoS 1); the answer arrives on ``cmd/ack``."""

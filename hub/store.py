@@ -108,7 +108,7 @@ class IngestWriter:
     def transaction(self) -> Iterator[Connection]:
         """A write transaction on the write connection, rolled back on any error."""
         try:
-            with self._conn.begin():
+            with self.database.write_gate(), self._conn.begin():
                 yield self._conn
         except SQLAlchemyError as exc:
             raise StoreError(f"transaction failed: {exc}") from exc
