@@ -563,10 +563,10 @@ class MqttIngest:
             while not self._stop.is_set():
                 now = time.monotonic()
                 if now >= next_tick or now >= next_checkpoint:
-                    if in_flight is not None and self._settle(in_flight, []) is _Settled.STOPPED:
+                    if not self._settle_last(in_flight):
                         return
-                    in_flight, self._in_hand_oldest_ms = None, None
-                    self._periodic(now, tick=now >= next_tick, checkpoint=now >= next_checkpoint)
+                    in_flight = None
+                    self._periodic(tick=now >= next_tick, checkpoint=now >= next_checkpoint)
                     if now >= next_tick:
                         next_tick = now + TICK_INTERVAL_S
                     if now >= next_checkpoint:
@@ -574,9 +574,9 @@ class MqttIngest:
                 self._publish_waiting_receipts()
                 group = self._next_group(INBOX_POLL_S if in_flight is None else 0.0)
                 if not group:
-                    if in_flight is not None and self._settle(in_flight, []) is _Settled.STOPPED:
+                    if not self._settle_last(in_flight):
                         return
-                    in_flight, self._in_hand_oldest_ms = None, None
+                    in_flight = None
                     continue
                 prepared = self._pipeline.prepare(group)
                 if in_flight is not None:
@@ -596,6 +596,13 @@ class MqttIngest:
     def _commit_and_finish(self, group: list[Inbound], prepared: PreparedGroup) -> None:
         """The writer thread's job: commit, then ack and receipt at once, not after the next group is judged."""
         self._finish(group, self._pipeline.commit(prepared))
+
+    def _settle_last(self, in_flight: _InFlight | None) -> bool:
+        """Settle the commit in flight, if any, with nothing prepared after it; False if the hub stopped."""
+        if in_flight is not None and self._settle(in_flight, []) is _Settled.STOPPED:
+            return False
+        self._in_hand_oldest_ms = None
+        return True
 
     def _settle(self, in_flight: _InFlight, prepared_after: list[list[Inbound]]) -> _Settled:
         """Wait for the in-flight commit (which acks its messages and publishes its receipts itself).
@@ -643,7 +650,7 @@ class MqttIngest:
             for receipt in receipts:
                 self._publish_receipt(receipt)
 
-    def _periodic(self, now: float, *, tick: bool, checkpoint: bool) -> None:
+    def _periodic(self, *, tick: bool, checkpoint: bool) -> None:
         """Silence and escalations, and the detectors' checkpoint; only with no commit in flight."""
         if tick:
             try:

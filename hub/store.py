@@ -226,8 +226,7 @@ class IngestWriter:
             after = int(conn.execute(text("SELECT coalesce(max(id), 0) FROM readings")).scalar_one())
             _insert_readings(conn, batches)
             # Folded in by the database from the rows just inserted: per reading, Python held the GIL.
-            folds = _FOLD_NEW_READINGS[conn.dialect.name]
-            for statement in folds:
+            for statement in _FOLD_NEW_READINGS[conn.dialect.name]:
                 conn.execute(statement, {"after": after, "bucket": ROLLUP_BUCKET_MS})
         _bulk_insert(
             conn,
@@ -498,7 +497,7 @@ _LATEST_CONFLICT: Final = (
     " ts_ms = excluded.ts_ms, value = excluded.value, quality = excluded.quality WHERE excluded.ts_ms >= latest.ts_ms"
 )
 _FOLD_NEW_READINGS: Final = {
-    # SQLite upserts row by row in id order: each reading folds into its minute bucket, and the newest of
+    # SQLite upserts row by row in id order: each reading folds into its rollup bucket, and the newest of
     # a series wins (the later of equal times), in C with the GIL released. A sort (GROUP BY, a window)
     # cost more than the Python it replaced (docs/benchmarks.md).
     "sqlite": (
@@ -533,10 +532,9 @@ _FOLD_NEW_READINGS: Final = {
 
 
 def _insert_readings(conn: Connection, batches: Sequence[TelemetryBatch]) -> None:
-    """Insert every reading of ``batches`` in one statement, in batch and reading order."""
-    if any(b.readings for b in batches):
-        rows = _JSON_ROWS.encode([(b.gateway_id, b.seq, b.readings) for b in batches if b.readings])
-        conn.exec_driver_sql(_INSERT_READINGS_SQL[conn.dialect.name], (rows.decode(),))
+    """Insert every reading of ``batches`` (at least one) in one statement, in batch and reading order."""
+    rows = _JSON_ROWS.encode([(b.gateway_id, b.seq, b.readings) for b in batches if b.readings])
+    conn.exec_driver_sql(_INSERT_READINGS_SQL[conn.dialect.name], (rows.decode(),))
 
 
 @functools.cache

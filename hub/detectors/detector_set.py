@@ -102,9 +102,10 @@ class DetectorSet:
         order of their first reading (findings of different series are independent)."""
         by_series: dict[tuple[str, Quantity], list[Reading]] = {}
         for reading in readings:
-            run = by_series.get((reading.sensor_id, reading.quantity))
+            sensor = (reading.sensor_id, reading.quantity)
+            run = by_series.get(sensor)
             if run is None:
-                by_series[reading.sensor_id, reading.quantity] = [reading]
+                by_series[sensor] = [reading]
             else:
                 run.append(reading)
         findings: list[Finding] = []
@@ -115,8 +116,8 @@ class DetectorSet:
     def feed_series(self, key: SeriesKey, readings: Iterable[Reading]) -> list[Finding]:
         """Judge readings of one series, in order, with every detector.
 
-        The series' record and profile are looked up once for all of them, not per reading: at hundreds
-        of thousands of readings a second those lookups were a tenth of the judging (docs/benchmarks.md).
+        The series' record and profile are looked up once for all of them, not per reading (1.06x the
+        ingest core at 100 and 500 readings per batch, docs/detectors.md).
         """
         series = self._series.get(key)
         profile = self._profile_for(key)

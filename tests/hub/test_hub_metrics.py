@@ -29,6 +29,7 @@ from hub.ingest import Inbound, IngestBacklog, IngestConfig, IngestPipeline, Ing
 from hub.metrics import HistogramTimings, HubCollector
 from hub.profiles import load_profile_book
 from hub.store import IngestWriter, ReadStore
+from tests.support.store import GatedWriter
 
 REPO = Path(__file__).resolve().parents[2]
 BOOK = load_profile_book(REPO / "config/profiles.toml")
@@ -190,21 +191,6 @@ def test_queue_depth_and_lag_come_from_the_backlog() -> None:
     assert value(scrape(registry), "coldchain_hub_ingest_lag_seconds") == 0
 
 
-class GatedWriter(IngestWriter):
-    """Holds each commit until the test opens the gate: a group stays 'in hand'."""
-
-    def __init__(self, path: Path) -> None:
-        super().__init__(path)
-        self.path = path
-        self.gate = threading.Event()
-        self.entered = threading.Event()
-
-    def commit(self, *args: object, **kwargs: object) -> object:  # type: ignore[override]
-        self.entered.set()
-        assert self.gate.wait(10)
-        return super().commit(*args, **kwargs)  # type: ignore[arg-type]
-
-
 def delivered(gateway_id: str, seq: int, mid: int) -> paho.MQTTMessage:
     """A QoS 0 message as paho hands it to ``on_message``."""
     message = paho.MQTTMessage(mid, topic_for(gateway_id, Channel.TELEMETRY).encode())
@@ -235,7 +221,7 @@ def test_mqtt_ingest_backlog_counts_queued_and_in_hand_messages(tmp_path: Path) 
         while ingest.backlog().messages and time.monotonic() < deadline:
             time.sleep(0.01)
         assert ingest.backlog() == IngestBacklog(0, None)
-        assert ReadStore(writer.path).reading_count() == 3
+        assert ReadStore(writer.database).reading_count() == 3
     finally:
         writer.gate.set()
         ingest.stop()
@@ -425,7 +411,7 @@ def test_a_full_inbox_holds_paho_back_until_the_writer_takes_messages(tmp_path: 
         deadline = time.monotonic() + 10
         while ingest.backlog().messages and time.monotonic() < deadline:
             time.sleep(0.01)
-        assert ReadStore(writer.path).reading_count() == 2
+        assert ReadStore(writer.database).reading_count() == 2
     finally:
         writer.gate.set()
         ingest.stop()

@@ -23,7 +23,7 @@ from hub.ingest import Inbound, IngestConfig, IngestPipeline, MqttIngest, Prepar
 from hub.profiles import load_profile_book
 from hub.store import IngestWriter
 from tests.support.checks import wait_until
-from tests.support.store import query, refusing_inserts
+from tests.support.store import GatedWriter, query, refusing_inserts
 
 REPO = Path(__file__).resolve().parents[2]
 BOOK = load_profile_book(REPO / "config/profiles.toml")
@@ -84,20 +84,6 @@ def committed(url: str) -> dict[str, list[tuple[Any, ...]]]:
         "rollups": query(url, "SELECT bucket_ms, min_value, max_value, samples FROM rollups ORDER BY bucket_ms"),
         "gateways": query(url, "SELECT gateway_id, acked_seq, batches, readings FROM gateways"),
     }
-
-
-class GatedWriter(IngestWriter):
-    """Holds every commit until the test opens ``gate``."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.gate = threading.Event()
-        self.entered = threading.Event()
-
-    def commit(self, *args: Any, **kwargs: Any) -> Any:
-        self.entered.set()
-        assert self.gate.wait(10)
-        return super().commit(*args, **kwargs)
 
 
 class RecordingPipeline(IngestPipeline):

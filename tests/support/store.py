@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -10,6 +11,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from hub.db import Database
+from hub.store import IngestWriter
 
 
 def query(url: str, sql: str, **params: object) -> list[tuple[Any, ...]]:
@@ -67,3 +69,17 @@ def writing(target: Path | str) -> Iterator[sa.Connection]:
             yield conn
     finally:
         database.dispose()
+
+
+class GatedWriter(IngestWriter):
+    """Holds every commit until the test opens ``gate``: a group stays 'in hand'."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.gate = threading.Event()
+        self.entered = threading.Event()
+
+    def commit(self, *args: Any, **kwargs: Any) -> Any:
+        self.entered.set()
+        assert self.gate.wait(10)
+        return super().commit(*args, **kwargs)
