@@ -2,7 +2,9 @@
 
 Prints readings per second, the best and the median of ``--repeat`` runs (the machine is shared:
 the best is the least disturbed). Not a test: it never passes or fails.
-Run: PYTHONPATH=. .venv/bin/python bench/detectors.py [--series 1000] [--readings 300] [--repeat 5] [--each]
+``--run N`` feeds each series N readings at a time through ``feed_series``, as the hub feeds a batch
+(N = 1 feeds reading by reading through ``feed``).
+Run: PYTHONPATH=. .venv/bin/python bench/detectors.py [--series 1000] [--readings 300] [--run 1] [--repeat 5] [--each]
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--series", type=int, default=1000)
     parser.add_argument("--readings", type=int, default=300, help="per series")
+    parser.add_argument("--run", type=int, default=1, help="readings of a series fed at once (divides --readings)")
     parser.add_argument("--repeat", type=int, default=5, help="runs of each measurement")
     parser.add_argument("--each", action="store_true", help="also time each detector alone")
     args = parser.parse_args()
@@ -37,6 +40,12 @@ def main() -> None:
         for i in range(args.readings)
     ]
     total = args.series * args.readings
+    if args.readings % args.run:
+        parser.error("--run must divide --readings")
+    runs = [
+        [[readings[i + j][n] for j in range(args.run)] for n in range(args.series)]
+        for i in range(0, args.readings, args.run)
+    ]
 
     def run(make: Callable[[], DetectorSet]) -> tuple[float, float, int]:
         rates, findings = [], 0
@@ -44,13 +53,21 @@ def main() -> None:
             detectors = make()
             began = time.perf_counter()
             findings = 0
-            for step in readings:
-                for key, reading in zip(keys, step, strict=True):
-                    findings += len(detectors.feed(key, reading))
+            if args.run == 1:
+                for step in readings:
+                    for key, reading in zip(keys, step, strict=True):
+                        findings += len(detectors.feed(key, reading))
+            else:
+                for step_runs in runs:
+                    for key, run_of_series in zip(keys, step_runs, strict=True):
+                        findings += len(detectors.feed_series(key, run_of_series))
             rates.append(total / (time.perf_counter() - began))
         return max(rates), statistics.median(rates), findings
 
-    print(f"python {platform.python_version()} on {platform.machine()}, {total} readings over {args.series} series")
+    print(
+        f"python {platform.python_version()} on {platform.machine()}, {total} readings over {args.series} series, "
+        f"{args.run} at a time"
+    )
     best, median, findings = run(lambda: DetectorSet(lambda key: profile))
     print(
         f"all 7 detectors: best {best:,.0f} readings/s, median {median:,.0f} ({args.repeat} runs), findings {findings}"

@@ -9,8 +9,9 @@ and from the hub's clock passed to ``tick``: a detector never reads a clock of i
 from __future__ import annotations
 
 import enum
+import math
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Generic, Literal, NamedTuple, Protocol, TypeVar, get_origin
 
@@ -26,6 +27,24 @@ class SeriesKey(NamedTuple):
     gateway_id: str
     sensor_id: str
     quantity: Quantity
+
+
+SeriesRuns = dict[tuple[str, Quantity], list[Reading]]
+"""One gateway's readings by series (sensor id, quantity): each run in arrival order, the series in the
+order of their first reading."""
+
+
+def series_runs(readings: Iterable[Reading]) -> SeriesRuns:
+    """Group one gateway's readings by series, keeping their order within each series."""
+    runs: SeriesRuns = {}
+    for reading in readings:
+        sensor = (reading.sensor_id, reading.quantity)
+        run = runs.get(sensor)
+        if run is None:
+            runs[sensor] = [reading]
+        else:
+            run.append(reading)
+    return runs
 
 
 class FindingKind(enum.StrEnum):
@@ -160,9 +179,7 @@ class SeriesDetector(Generic[S]):
         if reading.ts_ms <= state.last_ts_ms:
             self.late_readings += 1
             return []
-        findings = self.step(key, state, reading, profile)
-        state.last_ts_ms = reading.ts_ms
-        return findings
+        return self.judge(key, state, (reading,), profile)
 
     def state_of(self, key: SeriesKey) -> S | None:
         """The state of ``key``, or ``None`` while the detector has not started judging it."""
@@ -196,11 +213,14 @@ class SeriesDetector(Generic[S]):
         """Findings from the first reading of a series (most detectors need a history first)."""
         return []
 
-    def step(self, key: SeriesKey, state: S, reading: Reading, profile: ProductProfile) -> list[Finding]:
-        """Findings from a reading newer than ``state.last_ts_ms``; the caller sets ``last_ts_ms`` afterwards.
+    def judge(self, key: SeriesKey, state: S, readings: Sequence[Reading], profile: ProductProfile) -> list[Finding]:
+        """Findings from a run of readings of ``key``, in reading order; sets ``state.last_ts_ms`` to the last one's.
 
-        Public for the ``DetectorSet``, which checks lateness once for all detectors and calls this
-        directly; anyone else calls ``feed``.
+        ``readings`` is non-empty and each is newer than the one before it and than ``state.last_ts_ms``.
+        A run rather than one reading, so that a detector keeps its state in local variables over a
+        batch's readings of a series instead of calling and loading attributes once per reading
+        (docs/detectors.md). Public for the ``DetectorSet``, which checks lateness once for all
+        detectors and calls this directly; anyone else calls ``feed``.
         """
         raise NotImplementedError
 
@@ -210,6 +230,12 @@ def value_range(profile: ProductProfile, quantity: Quantity) -> tuple[float | No
     if quantity is Quantity.TEMPERATURE:
         return profile.temp_low_c, profile.temp_high_c, profile.hysteresis_c
     return profile.humidity_low, profile.humidity_high, profile.hysteresis_rh
+
+
+def value_bounds(profile: ProductProfile, quantity: Quantity) -> tuple[float, float]:
+    """``(low, high)`` of a profile's range for a quantity, an open side as an infinity (for plain comparisons)."""
+    low, high, _ = value_range(profile, quantity)
+    return -math.inf if low is None else low, math.inf if high is None else high
 
 
 def unit(quantity: Quantity) -> str:

@@ -13,6 +13,7 @@ it when new goods are bound to the node, e.g. at a pickup).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import ClassVar
 
 from coldchain.messages import Reading
@@ -24,6 +25,7 @@ from hub.detectors.base import (
     SeriesState,
     Severity,
     describe,
+    value_bounds,
     value_range,
 )
 from hub.profiles import ProductProfile
@@ -50,29 +52,42 @@ class CumulativeDetector(SeriesDetector[CumulativeState]):
             return None
         return CumulativeState(reading.ts_ms, reading.ts_ms, _outside(reading.value, low, high))
 
-    def step(self, key: SeriesKey, state: CumulativeState, reading: Reading, profile: ProductProfile) -> list[Finding]:
-        low, high, _ = value_range(profile, key.quantity)
-        if state.outside:
-            state.out_ms += min(reading.ts_ms - state.last_ts_ms, int(profile.silent_after_s * 1000))
-        state.outside = _outside(reading.value, low, high)
-        if state.exceeded or state.out_ms <= profile.max_cumulative_excursion_s * 1000:
-            return []
-        state.exceeded = True
-        out_s = state.out_ms / 1000
-        return [
-            Finding(
-                key,
-                self.kind,
-                "open",
-                Severity.CRITICAL,
-                state.started_ms,
-                reading.ts_ms,
-                reading.value,
-                out_s,
-                f"{describe(key)} has been out of range for {out_s / 60:.1f} min this journey, over the budget "
-                f"of {profile.max_cumulative_excursion_s / 60:.0f} min",
-            )
-        ]
+    def judge(
+        self, key: SeriesKey, state: CumulativeState, readings: Sequence[Reading], profile: ProductProfile
+    ) -> list[Finding]:
+        below, above = value_bounds(profile, key.quantity)
+        longest_ms = int(profile.silent_after_s * 1000)
+        budget_ms = profile.max_cumulative_excursion_s * 1000
+        last_ts, outside, out_ms = state.last_ts_ms, state.outside, state.out_ms
+        findings: list[Finding] = []
+        for reading in readings:
+            ts = reading.ts_ms
+            if outside:
+                out_ms += min(ts - last_ts, longest_ms)
+            outside = reading.value < below or reading.value > above
+            last_ts = ts
+            if out_ms > budget_ms and not state.exceeded:
+                state.exceeded = True
+                findings.append(self._exceeded(key, state, reading, out_ms, profile))
+        state.last_ts_ms, state.outside, state.out_ms = last_ts, outside, out_ms
+        return findings
+
+    def _exceeded(
+        self, key: SeriesKey, state: CumulativeState, reading: Reading, out_ms: int, profile: ProductProfile
+    ) -> Finding:
+        out_s = out_ms / 1000
+        return Finding(
+            key,
+            self.kind,
+            "open",
+            Severity.CRITICAL,
+            state.started_ms,
+            reading.ts_ms,
+            reading.value,
+            out_s,
+            f"{describe(key)} has been out of range for {out_s / 60:.1f} min this journey, over the budget "
+            f"of {profile.max_cumulative_excursion_s / 60:.0f} min",
+        )
 
     def time_out_of_range_s(self, key: SeriesKey) -> float:
         """Time out of range of a series in its current journey, in seconds (0 for an unknown series)."""

@@ -21,6 +21,7 @@ alarms that remain come from real, if harmless, jumps (docs/detectors.md).
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Sequence
 from typing import ClassVar, Final
 
 import msgspec
@@ -83,77 +84,88 @@ class FluctuationDetector(SeriesDetector[FluctuationState]):
     def _start(self, key: SeriesKey, reading: Reading, profile: ProductProfile) -> FluctuationState | None:
         return FluctuationState(reading.ts_ms, reading.value, last_value_ms=reading.ts_ms)
 
-    def step(self, key: SeriesKey, state: FluctuationState, reading: Reading, profile: ProductProfile) -> list[Finding]:
-        value = reading.value
-        change = value - state.last_value
-        if abs(change) > abs(state.swing):
-            state.swing = change
-        if reading.ts_ms - state.last_value_ms < MIN_STEP_MS:
-            return []
-        diff, state.swing = state.swing, 0.0
-        state.last_value, state.last_value_ms = value, reading.ts_ms
+    def judge(
+        self, key: SeriesKey, state: FluctuationState, readings: Sequence[Reading], profile: ProductProfile
+    ) -> list[Finding]:
+        fluctuation_z, enough_outliers = profile.fluctuation_z, profile.fluctuation_outliers
+        min_scale = MIN_SCALE[key.quantity]
         diffs, flags = state.diffs, state.flags
-        if len(diffs) < WINDOW:
+        last_value, last_value_ms, swing = state.last_value, state.last_value_ms, state.swing
+        outliers, median, scale, since_recompute = state.outliers, state.median, state.scale, state.since_recompute
+        open_since_ms, worst_z = state.open_since_ms, state.worst_z
+        findings: list[Finding] = []
+        for reading in readings:
+            value, ts = reading.value, reading.ts_ms
+            change = value - last_value
+            if abs(change) > abs(swing):
+                swing = change
+            if ts - last_value_ms < MIN_STEP_MS:
+                continue
+            diff, swing = swing, 0.0
+            last_value, last_value_ms = value, ts
+            if len(diffs) < WINDOW:
+                diffs.append(diff)
+                flags.append(False)
+                continue
+            if since_recompute >= RECOMPUTE_EVERY:
+                median, scale = _median_and_scale(diffs, min_scale)
+                since_recompute = 0
+            since_recompute += 1
+            z = abs(diff - median) / scale
+            outlier = z >= fluctuation_z
+            diffs.popleft()
             diffs.append(diff)
-            flags.append(False)
-            return []
-        if state.since_recompute >= RECOMPUTE_EVERY:
-            state.median, state.scale = _median_and_scale(diffs, MIN_SCALE[key.quantity])
-            state.since_recompute = 0
-        state.since_recompute += 1
-        z = abs(diff - state.median) / state.scale
-        outlier = z >= profile.fluctuation_z
-        diffs.popleft()
-        diffs.append(diff)
-        if flags.popleft():
-            state.outliers -= 1
-        flags.append(outlier)
-        if outlier:
-            state.outliers += 1
-        # Most steps change nothing: answer those here rather than in ``_judge``.
-        if state.open_since_ms is None:
-            if state.outliers < profile.fluctuation_outliers:
-                return []
-        elif state.outliers:
-            state.worst_z = max(state.worst_z, z)
-            return []
-        return self._judge(key, state, reading, z)
+            if flags.popleft():
+                outliers -= 1
+            flags.append(outlier)
+            if outlier:
+                outliers += 1
+            if open_since_ms is None:
+                if outliers < enough_outliers:
+                    continue
+            elif outliers:
+                worst_z = max(worst_z, z)
+                continue
+            state.outliers, state.scale, state.open_since_ms, state.worst_z = outliers, scale, open_since_ms, worst_z
+            findings.append(self._judge(key, state, reading, z))
+            open_since_ms, worst_z = state.open_since_ms, state.worst_z
+        state.last_value, state.last_value_ms, state.swing = last_value, last_value_ms, swing
+        state.outliers, state.median, state.scale, state.since_recompute = outliers, median, scale, since_recompute
+        state.open_since_ms, state.worst_z = open_since_ms, worst_z
+        state.last_ts_ms = readings[-1].ts_ms
+        return findings
 
-    def _judge(self, key: SeriesKey, state: FluctuationState, reading: Reading, z: float) -> list[Finding]:
+    def _judge(self, key: SeriesKey, state: FluctuationState, reading: Reading, z: float) -> Finding:
         """Open (enough outliers, none open) or close (one open, no outlier left)."""
         ts = reading.ts_ms
         if state.open_since_ms is None:
             state.open_since_ms, state.worst_z = ts, z
-            return [
-                Finding(
-                    key,
-                    self.kind,
-                    "open",
-                    Severity.WARNING,
-                    ts,
-                    ts,
-                    reading.value,
-                    0.0,
-                    f"{describe(key)} fluctuating: {state.outliers} jumps in the last {WINDOW} steps, latest "
-                    f"z = {z:.1f} (typical step {state.scale:.3f} {unit(key.quantity)})",
-                )
-            ]
+            return Finding(
+                key,
+                self.kind,
+                "open",
+                Severity.WARNING,
+                ts,
+                ts,
+                reading.value,
+                0.0,
+                f"{describe(key)} fluctuating: {state.outliers} jumps in the last {WINDOW} steps, latest "
+                f"z = {z:.1f} (typical step {state.scale:.3f} {unit(key.quantity)})",
+            )
         state.worst_z = max(state.worst_z, z)
         started, state.open_since_ms = state.open_since_ms, None
         duration_s = (ts - started) / 1000
-        return [
-            Finding(
-                key,
-                self.kind,
-                "close",
-                Severity.WARNING,
-                started,
-                ts,
-                reading.value,
-                duration_s,
-                f"{describe(key)} steady again after {duration_s / 60:.1f} min (largest z = {state.worst_z:.1f})",
-            )
-        ]
+        return Finding(
+            key,
+            self.kind,
+            "close",
+            Severity.WARNING,
+            started,
+            ts,
+            reading.value,
+            duration_s,
+            f"{describe(key)} steady again after {duration_s / 60:.1f} min (largest z = {state.worst_z:.1f})",
+        )
 
 
 def _median_and_scale(diffs: deque[float], min_scale: float) -> tuple[float, float]:

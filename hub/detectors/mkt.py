@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 import math
 from collections import deque
+from collections.abc import Sequence
 from typing import ClassVar, Final
 
 import msgspec
@@ -89,38 +90,66 @@ class MktDetector(SeriesDetector[MktState]):
             return None
         return MktState(reading.ts_ms, reading.value)
 
-    def step(self, key: SeriesKey, state: MktState, reading: Reading, profile: ProductProfile) -> list[Finding]:
+    def judge(
+        self, key: SeriesKey, state: MktState, readings: Sequence[Reading], profile: ProductProfile
+    ) -> list[Finding]:
         limit = profile.mkt_limit_c
         if limit is None:
+            state.last_ts_ms = readings[-1].ts_ms
             return []
-        ts = reading.ts_ms
-        weight = min(ts - state.last_ts_ms, profile.silent_after_s * 1000) / 1000
-        term = weight * mkt_term(state.last_value)
-        state.last_value = reading.value
-        bucket = int(ts * MKT_BUCKETS // (profile.mkt_window_s * 1000))
-        if state.buckets and state.buckets[-1] == bucket:
-            state.weights[-1] += weight
-            state.terms[-1] += term
-            state.total_weight += weight
-            state.total_term += term
-        else:
-            state.buckets.append(bucket)
-            state.weights.append(weight)
-            state.terms.append(term)
-            while state.buckets[0] <= bucket - MKT_BUCKETS:
-                state.buckets.popleft()
-                state.weights.popleft()
-                state.terms.popleft()
-            # Summed afresh once per step (not once per reading): no drift from adding and removing.
-            state.total_weight = math.fsum(state.weights)
-            state.total_term = math.fsum(state.terms)
-        if state.total_weight < MKT_MIN_COVERAGE * profile.mkt_window_s:
-            return []
-        # The MKT rises with the mean term: compare terms, and take the logarithm only when it matters.
-        if state.open_since_ms is None and state.total_term <= state.total_weight * _limit_term(limit):
-            return []
-        mkt = mkt_from_mean_term(state.total_term / state.total_weight)
-        return self._judge(key, state, ts, mkt, limit)
+        limit_term = _limit_term(limit)
+        longest_ms = profile.silent_after_s * 1000
+        bucket_ms = profile.mkt_window_s * 1000
+        min_weight = MKT_MIN_COVERAGE * profile.mkt_window_s
+        buckets, weights, terms = state.buckets, state.weights, state.terms
+        # The newest step's sums are kept in locals and written back when the step changes.
+        current = buckets[-1] if buckets else None
+        step_weight = weights[-1] if buckets else 0.0
+        step_term = terms[-1] if buckets else 0.0
+        total_weight, total_term = state.total_weight, state.total_term
+        last_ts, last_value = state.last_ts_ms, state.last_value
+        # Values repeat at the probes' resolution: the exponential is taken once per distinct value in a row.
+        termed_value, value_term = last_value, mkt_term(last_value)
+        findings: list[Finding] = []
+        for reading in readings:
+            ts = reading.ts_ms
+            weight = min(ts - last_ts, longest_ms) / 1000
+            if last_value != termed_value:
+                termed_value, value_term = last_value, mkt_term(last_value)
+            term = weight * value_term
+            last_ts, last_value = ts, reading.value
+            bucket = int(ts * MKT_BUCKETS // bucket_ms)
+            if bucket == current:
+                step_weight += weight
+                step_term += term
+                total_weight += weight
+                total_term += term
+            else:
+                if current is not None:
+                    weights[-1], terms[-1] = step_weight, step_term
+                buckets.append(bucket)
+                weights.append(weight)
+                terms.append(term)
+                current, step_weight, step_term = bucket, weight, term
+                while buckets[0] <= bucket - MKT_BUCKETS:
+                    buckets.popleft()
+                    weights.popleft()
+                    terms.popleft()
+                # Summed afresh once per step (not once per reading): no drift from adding and removing.
+                total_weight = math.fsum(weights)
+                total_term = math.fsum(terms)
+            if total_weight < min_weight:
+                continue
+            # The MKT rises with the mean term: compare terms, and take the logarithm only when it matters.
+            if state.open_since_ms is None and total_term <= total_weight * limit_term:
+                continue
+            mkt = mkt_from_mean_term(total_term / total_weight)
+            findings += self._judge(key, state, ts, mkt, limit)
+        if current is not None:
+            weights[-1], terms[-1] = step_weight, step_term
+        state.total_weight, state.total_term = total_weight, total_term
+        state.last_ts_ms, state.last_value = last_ts, last_value
+        return findings
 
     def _judge(self, key: SeriesKey, state: MktState, ts: int, mkt: float, limit: float) -> list[Finding]:
         if state.open_since_ms is None:

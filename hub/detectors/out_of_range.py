@@ -9,6 +9,7 @@ not close and reopen it. Temperature and humidity are judged alike, each with it
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import ClassVar
 
 from coldchain.messages import Reading
@@ -21,6 +22,7 @@ from hub.detectors.base import (
     Severity,
     describe,
     unit,
+    value_bounds,
     value_range,
 )
 from hub.profiles import ProductProfile
@@ -51,24 +53,42 @@ class OutOfRangeDetector(SeriesDetector[OutOfRangeState]):
     def _first(
         self, key: SeriesKey, state: OutOfRangeState, reading: Reading, profile: ProductProfile
     ) -> list[Finding]:
-        return self.step(key, state, reading, profile)
+        return self.judge(key, state, (reading,), profile)
 
-    def step(self, key: SeriesKey, state: OutOfRangeState, reading: Reading, profile: ProductProfile) -> list[Finding]:
+    def judge(
+        self, key: SeriesKey, state: OutOfRangeState, readings: Sequence[Reading], profile: ProductProfile
+    ) -> list[Finding]:
+        low, high, _ = value_range(profile, key.quantity)
+        below, above = value_bounds(profile, key.quantity)
+        silent_after_ms = profile.silent_after_s * 1000
+        findings: list[Finding] = []
+        last_ts = state.last_ts_ms
+        for reading in readings:
+            value, ts = reading.value, reading.ts_ms
+            if state.severity is not None:
+                findings += self._judge_open(key, state, reading, profile)
+            elif not (value < below or value > above):
+                state.out_since_ms = None
+            else:
+                # A gap longer than the silence threshold breaks the run: nobody knows what happened in it.
+                if state.out_since_ms is None or ts - last_ts > silent_after_ms:
+                    state.out_since_ms, state.worst = ts, value
+                else:
+                    state.worst = _worse(state.worst, value, low, high)
+                findings += self._maybe_open(key, state, reading, profile)
+            last_ts = ts
+        state.last_ts_ms = last_ts
+        return findings
+
+    def _judge_open(
+        self, key: SeriesKey, state: OutOfRangeState, reading: Reading, profile: ProductProfile
+    ) -> list[Finding]:
+        """A reading while an excursion is open: close it (back inside by the hysteresis) or escalate it."""
+        # Both are set whenever an excursion is open.
+        assert state.out_since_ms is not None
+        assert state.severity is not None
         low, high, hysteresis = value_range(profile, key.quantity)
         value, ts = reading.value, reading.ts_ms
-        outside = (low is not None and value < low) or (high is not None and value > high)
-        if state.severity is None:
-            if not outside:
-                state.out_since_ms = None
-                return []
-            # A gap longer than the silence threshold breaks the run: nobody knows what happened in it.
-            gap_ms = ts - state.last_ts_ms
-            if state.out_since_ms is None or gap_ms > profile.silent_after_s * 1000:
-                state.out_since_ms, state.worst = ts, value
-                return self._maybe_open(key, state, reading, profile)
-            state.worst = _worse(state.worst, value, low, high)
-            return self._maybe_open(key, state, reading, profile)
-        assert state.out_since_ms is not None  # set whenever an excursion is open
         back_inside = (low is None or value >= low + hysteresis) and (high is None or value <= high - hysteresis)
         duration_s = (ts - state.out_since_ms) / 1000
         if back_inside:

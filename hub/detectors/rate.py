@@ -13,6 +13,7 @@ severity never drops while it is open. Temperature series only.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Sequence
 from typing import ClassVar, Final
 
 import msgspec
@@ -77,32 +78,80 @@ class RateOfChangeDetector(SeriesDetector[RateState]):
         state.values.append(reading.value)
         return state
 
-    def step(self, key: SeriesKey, state: RateState, reading: Reading, profile: ProductProfile) -> list[Finding]:
-        ts, value = reading.ts_ms, reading.value
-        if ts // MINUTE_MS == state.minute:
-            state.minute_sum += value
-            state.minute_count += 1
-        else:
-            self._roll_minute(state, ts, value, profile)
-        times, values = state.times, state.values
-        times.append(ts)
-        values.append(value)
-        while ts - times[0] > DOOR_WINDOW_MS:
-            times.popleft()
-            values.popleft()
-        span_ms = ts - times[0]
-        rate = (value - values[0]) * 60_000 / span_ms if span_ms >= DOOR_MIN_SPAN_MS else 0.0
+    def judge(
+        self, key: SeriesKey, state: RateState, readings: Sequence[Reading], profile: ProductProfile
+    ) -> list[Finding]:
         threshold = profile.door_rate_c_per_min
-        state.door = abs(rate) >= (threshold * DOOR_CLOSE_FRACTION if state.door else threshold)
-        sustained = state.rising_minutes * 60 >= profile.sustained_rise_s
-        active = state.door or sustained
-        if abs(rate) > abs(state.worst_rate):
-            state.worst_rate = rate
+        calm_threshold = threshold * DOOR_CLOSE_FRACTION
+        rising_rate = profile.sustained_rate_c_per_min
+        sustained_rise_s = profile.sustained_rise_s
+        times, values = state.times, state.values
+        minute, minute_sum, minute_count = state.minute, state.minute_sum, state.minute_count
+        previous_mean, previous_minute, rising_minutes = (
+            state.previous_mean,
+            state.previous_minute,
+            state.rising_minutes,
+        )
+        door, worst_rate = state.door, state.worst_rate
+        findings: list[Finding] = []
+        for reading in readings:
+            ts, value = reading.ts_ms, reading.value
+            if ts // MINUTE_MS == minute:
+                minute_sum += value
+                minute_count += 1
+            else:
+                mean = minute_sum / minute_count
+                # A minute without readings breaks the chain: a rise is only sustained if it is seen.
+                if previous_mean is not None and previous_minute == minute - 1 and mean - previous_mean >= rising_rate:
+                    rising_minutes += 1
+                else:
+                    rising_minutes = 0
+                previous_mean, previous_minute = mean, minute
+                minute, minute_sum, minute_count = ts // MINUTE_MS, value, 1
+            times.append(ts)
+            values.append(value)
+            while ts - times[0] > DOOR_WINDOW_MS:
+                times.popleft()
+                values.popleft()
+            span_ms = ts - times[0]
+            rate = (value - values[0]) * 60_000 / span_ms if span_ms >= DOOR_MIN_SPAN_MS else 0.0
+            door = abs(rate) >= (calm_threshold if door else threshold)
+            sustained = rising_minutes * 60 >= sustained_rise_s
+            if abs(rate) > abs(worst_rate):
+                worst_rate = rate
+            if state.severity is None and not (door or sustained):
+                worst_rate = 0.0
+                continue
+            state.worst_rate = worst_rate
+            findings += self._judge(
+                key, state, reading, rate=rate, active=door or sustained, sustained=sustained, profile=profile
+            )
+            worst_rate = state.worst_rate
+        state.minute, state.minute_sum, state.minute_count = minute, minute_sum, minute_count
+        state.previous_mean, state.previous_minute, state.rising_minutes = (
+            previous_mean,
+            previous_minute,
+            rising_minutes,
+        )
+        state.door, state.worst_rate = door, worst_rate
+        state.last_ts_ms = readings[-1].ts_ms
+        return findings
+
+    def _judge(
+        self,
+        key: SeriesKey,
+        state: RateState,
+        reading: Reading,
+        *,
+        rate: float,
+        active: bool,
+        sustained: bool,
+        profile: ProductProfile,
+    ) -> list[Finding]:
+        """Open, escalate or close the finding for a reading that is active or comes while one is open."""
+        ts, value = reading.ts_ms, reading.value
         severity = Severity.WARNING if sustained else Severity.INFO
         if state.severity is None:
-            if not active:
-                state.worst_rate = 0.0
-                return []
             state.severity, state.started_ms, state.worst_rate = severity, ts, rate
             return [
                 self._finding(key, "open", severity, state, ts=ts, value=value, why=self._why(sustained, rate, profile))
@@ -126,22 +175,6 @@ class RateOfChangeDetector(SeriesDetector[RateState]):
                 self._finding(key, "update", severity, state, ts=ts, value=value, why=self._why(True, rate, profile))
             ]
         return []
-
-    def _roll_minute(self, state: RateState, ts: int, value: float, profile: ProductProfile) -> None:
-        """Close the minute of ``state`` and start the one of ``ts`` with ``value``."""
-        minute = ts // MINUTE_MS
-        mean = state.minute_sum / state.minute_count
-        # A minute without readings breaks the chain: a rise is only sustained if it is seen.
-        if (
-            state.previous_mean is not None
-            and state.previous_minute == state.minute - 1
-            and mean - state.previous_mean >= profile.sustained_rate_c_per_min
-        ):
-            state.rising_minutes += 1
-        else:
-            state.rising_minutes = 0
-        state.previous_mean, state.previous_minute = mean, state.minute
-        state.minute, state.minute_sum, state.minute_count = minute, value, 1
 
     def _finding(
         self, key: SeriesKey, action: Action, severity: Severity, state: RateState, *, ts: int, value: float, why: str

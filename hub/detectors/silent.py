@@ -10,6 +10,7 @@ A silent gateway shows as all of its series silent at once. ``tick`` is O(series
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import ClassVar
 
 from coldchain.messages import Reading
@@ -42,26 +43,32 @@ class SilentSensorDetector(SeriesDetector[SilentState]):
     def _start(self, key: SeriesKey, reading: Reading, profile: ProductProfile) -> SilentState | None:
         return SilentState(reading.ts_ms, reading.value, int(profile.silent_after_s * 1000))
 
-    def step(self, key: SeriesKey, state: SilentState, reading: Reading, profile: ProductProfile) -> list[Finding]:
-        state.last_value = reading.value
-        state.silent_after_ms = int(profile.silent_after_s * 1000)
-        if not state.open:
-            return []
-        state.open = False
-        gap_s = (reading.ts_ms - state.last_ts_ms) / 1000
-        return [
-            Finding(
-                key,
-                self.kind,
-                "close",
-                Severity.WARNING,
-                state.last_ts_ms,
-                reading.ts_ms,
-                reading.value,
-                gap_s,
-                f"{describe(key)} reporting again after {gap_s / 60:.1f} min without readings",
+    def judge(
+        self, key: SeriesKey, state: SilentState, readings: Sequence[Reading], profile: ProductProfile
+    ) -> list[Finding]:
+        # Only the first reading can close a silence, and only the newest one is kept: O(1) per run.
+        findings: list[Finding] = []
+        if state.open:
+            state.open = False
+            first = readings[0]
+            gap_s = (first.ts_ms - state.last_ts_ms) / 1000
+            findings.append(
+                Finding(
+                    key,
+                    self.kind,
+                    "close",
+                    Severity.WARNING,
+                    state.last_ts_ms,
+                    first.ts_ms,
+                    first.value,
+                    gap_s,
+                    f"{describe(key)} reporting again after {gap_s / 60:.1f} min without readings",
+                )
             )
-        ]
+        newest = readings[-1]
+        state.last_value, state.last_ts_ms = newest.value, newest.ts_ms
+        state.silent_after_ms = int(profile.silent_after_s * 1000)
+        return findings
 
     def tick(self, now_ms: int) -> list[Finding]:
         """Open a finding for every series whose newest reading is older than its threshold."""

@@ -9,10 +9,12 @@ different step). The finding (warning) closes on the first reading that moves.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import ClassVar, Final
 
 from coldchain.messages import Quantity, Reading
 from hub.detectors.base import (
+    Action,
     Finding,
     FindingKind,
     SeriesDetector,
@@ -45,39 +47,43 @@ class StuckSensorDetector(SeriesDetector[StuckState]):
     def _start(self, key: SeriesKey, reading: Reading, profile: ProductProfile) -> StuckState | None:
         return StuckState(reading.ts_ms, reading.value, reading.ts_ms)
 
-    def step(self, key: SeriesKey, state: StuckState, reading: Reading, profile: ProductProfile) -> list[Finding]:
-        ts, value = reading.ts_ms, reading.value
-        flat_s = (ts - state.run_since_ms) / 1000
-        if abs(value - state.run_value) >= RESOLUTION[key.quantity] / 2:
-            finding = None
-            if state.open:
-                finding = Finding(
-                    key,
-                    self.kind,
-                    "close",
-                    Severity.WARNING,
-                    state.run_since_ms,
-                    ts,
-                    state.run_value,
-                    flat_s,
-                    f"{describe(key)} moving again ({value:.2f} {unit(key.quantity)}) after {flat_s / 3600:.1f} h flat",
-                )
-            state.run_value, state.run_since_ms, state.open = value, ts, False
-            return [finding] if finding else []
-        if state.open or flat_s < profile.stuck_after_s:
-            return []
-        state.open = True
-        return [
-            Finding(
-                key,
-                self.kind,
-                "open",
-                Severity.WARNING,
-                state.run_since_ms,
-                ts,
-                state.run_value,
-                flat_s,
-                f"{describe(key)} has read {state.run_value:.2f} {unit(key.quantity)} for {flat_s / 3600:.1f} h: "
-                f"stuck sensor?",
-            )
-        ]
+    def judge(
+        self, key: SeriesKey, state: StuckState, readings: Sequence[Reading], profile: ProductProfile
+    ) -> list[Finding]:
+        moved = RESOLUTION[key.quantity] / 2
+        stuck_after_s = profile.stuck_after_s
+        run_value, run_since_ms, is_open = state.run_value, state.run_since_ms, state.open
+        findings: list[Finding] = []
+        for reading in readings:
+            ts, value = reading.ts_ms, reading.value
+            if abs(value - run_value) >= moved:
+                if is_open:
+                    findings.append(self._finding(key, "close", run_value, run_since_ms, reading))
+                run_value, run_since_ms, is_open = value, ts, False
+            elif not is_open and (ts - run_since_ms) / 1000 >= stuck_after_s:
+                is_open = True
+                findings.append(self._finding(key, "open", run_value, run_since_ms, reading))
+        state.run_value, state.run_since_ms, state.open = run_value, run_since_ms, is_open
+        state.last_ts_ms = readings[-1].ts_ms
+        return findings
+
+    def _finding(
+        self, key: SeriesKey, action: Action, run_value: float, run_since_ms: int, reading: Reading
+    ) -> Finding:
+        """The finding opening (``open``) or closing (``close``, the value moved) a flat run."""
+        flat_s = (reading.ts_ms - run_since_ms) / 1000
+        if action == "open":
+            message = f"has read {run_value:.2f} {unit(key.quantity)} for {flat_s / 3600:.1f} h: stuck sensor?"
+        else:
+            message = f"moving again ({reading.value:.2f} {unit(key.quantity)}) after {flat_s / 3600:.1f} h flat"
+        return Finding(
+            key,
+            self.kind,
+            action,
+            Severity.WARNING,
+            run_since_ms,
+            reading.ts_ms,
+            run_value,
+            flat_s,
+            f"{describe(key)} {message}",
+        )

@@ -137,6 +137,7 @@ TIGHT = ProductProfile(
     alarm_dwell_s=30.0,
     stuck_after_s=120.0,
     silent_after_s=60.0,
+    fluctuation_z=4.0,  # the streams' 3-degree glitches among 0.4-degree noise count as jumps
 )
 LOOSE = ProductProfile("loose", temp_high_c=8.0, alarm_dwell_s=0.0)  # no humidity range: some detectors refuse
 
@@ -193,3 +194,52 @@ def test_set_judges_exactly_as_each_detector_fed_alone(seed: int) -> None:
     assert detectors.late_readings > 0
     assert detectors.bad_readings > 0
     assert len(kinds) >= 5, kinds  # the streams are eventful enough to exercise most detectors
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_batches_judged_run_by_run_find_what_reading_by_reading_finds(seed: int) -> None:
+    """``feed_batch`` hands each detector a series' whole run of readings: every series gets the same
+    findings, in the same order, as feeding reading by reading, across profile changes, a reset, a
+    restore and the silences found by ticks between batches."""
+    profiles = {"now": LOOSE}
+    batched = DetectorSet(lambda key: profiles["now"])
+    single = DetectorSet(lambda key: profiles["now"])
+    readings = eventful_readings(seed, 3000)
+    rng = random.Random(seed)
+    events = (1000, 1500, 2000, 2500)
+    got: dict[SeriesKey, list[Finding]] = {}
+    expected: dict[SeriesKey, list[Finding]] = {}
+    longest_run = 0
+    start = 0
+    while start < len(readings):
+        end = min(start + rng.choice((1, 2, 7, 40, 150, 400)), len(readings))
+        end = min([end, *(index for index in events if start < index < end)])
+        if start == 1000:
+            profiles["now"] = TIGHT
+        if start == 2000:
+            profiles["now"] = LOOSE
+        if start == 1500:
+            batched.reset(KEY)
+            single.reset(KEY)
+        if start == 2500:
+            restored = DetectorSet(lambda key: profiles["now"])
+            restored.restore(batched.snapshot())
+            batched = restored
+        batch = readings[start:end]
+        for finding in batched.feed_batch("gw-a", batch):
+            got.setdefault(finding.key, []).append(finding)
+        for reading in batch:
+            for finding in single.feed(SeriesKey("gw-a", reading.sensor_id, reading.quantity), reading):
+                expected.setdefault(finding.key, []).append(finding)
+        now_ms = batch[-1].ts_ms + rng.choice((0, 70_000))
+        for finding in batched.tick(now_ms):
+            got.setdefault(finding.key, []).append(finding)
+        for finding in single.tick(now_ms):
+            expected.setdefault(finding.key, []).append(finding)
+        longest_run = max(longest_run, len(batch))
+        start = end
+    assert got == expected
+    kinds = {finding.kind for findings in expected.values() for finding in findings}
+    assert len(kinds) == len(FindingKind), kinds  # every detector's findings were compared
+    assert (batched.late_readings, batched.bad_readings) == (single.late_readings, single.bad_readings)
+    assert longest_run >= 150
