@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import itertools
 import logging
 import queue
 import threading
@@ -21,6 +22,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import Any, Final, Protocol, TypeVar, cast
 
 import msgspec
@@ -47,9 +49,10 @@ from coldchain.messages import (
 from coldchain.mqtt import MqttConfig, configure_client
 from hub.alarms import AlarmChange
 from hub.db import StoreError
-from hub.detectors.base import Finding, SeriesKey
+from hub.detectors.base import Finding, series_runs
 from hub.detectors.detector_set import DetectorSet
 from hub.ledger import DeliveryLedger, Plan
+from hub.series_fold import SeriesFold
 from hub.store import IngestWriter, Rejection, SideMessage
 
 log = logging.getLogger(__name__)
@@ -181,6 +184,7 @@ class PreparedGroup:
     rejections: list[Rejection]
     side_messages: list[SideMessage]
     findings: list[Finding]
+    fold: SeriesFold
     now_ms: int
     started: float
     """``time.perf_counter()`` when preparing began: the commit timing covers the whole group."""
@@ -258,10 +262,10 @@ class IngestPipeline:
         self._ledger.apply(plan)
         now_ms = int(self._wall_clock() * 1000)
         judging = time.perf_counter()
-        findings = self._judge(plan.new_batches)
+        findings, fold = self._judge(plan.new_batches)
         if self._detectors is not None:  # a hub without profiles judges nothing: no zero-length samples
             self._timings.observe_detectors(time.perf_counter() - judging)
-        return PreparedGroup(len(group), plan, rejections, side_messages, findings, now_ms, started)
+        return PreparedGroup(len(group), plan, rejections, side_messages, findings, fold, now_ms, started)
 
     def commit(self, prepared: PreparedGroup) -> list[Receipt]:
         """Commit a prepared group atomically and return the receipts to publish.
@@ -272,7 +276,12 @@ class IngestPipeline:
         plan = prepared.plan
         with self._write_lock:
             changes = self._writer.commit(
-                plan, prepared.rejections, prepared.side_messages, prepared.now_ms, prepared.findings
+                plan,
+                prepared.rejections,
+                prepared.side_messages,
+                prepared.now_ms,
+                findings=prepared.findings,
+                fold=prepared.fold,
             )
         self._report(changes)
 
@@ -322,13 +331,17 @@ class IngestPipeline:
         with self._write_lock:
             return action(self._writer, int(self._wall_clock() * 1000))
 
-    def _judge(self, batches: Sequence[TelemetryBatch]) -> list[Finding]:
-        if self._detectors is None:
-            return []
+    def _judge(self, batches: Sequence[TelemetryBatch]) -> tuple[list[Finding], SeriesFold]:
+        """The detectors' findings on ``batches``, and their rollups and latest values: each batch's
+        readings are grouped by series once for both."""
         findings: list[Finding] = []
+        fold = SeriesFold()
         for batch in batches:
-            findings += self._detectors.feed_batch(batch.gateway_id, batch.readings)
-        return findings
+            runs = series_runs(batch.readings)
+            fold.add(batch.gateway_id, runs)
+            if self._detectors is not None:
+                findings += self._detectors.feed_runs(batch.gateway_id, runs)
+        return findings, fold
 
     def checkpoint(self) -> None:
         """Persist the detectors' state, so a restart replays only the readings committed after it."""
@@ -356,9 +369,11 @@ class IngestPipeline:
         if replay is None:
             replay = self._writer.recent_readings(int((self._wall_clock() - DETECTOR_WARMUP_S) * 1000))
         self.warmup_readings = 0
-        for gateway_id, reading in replay:
-            detectors.feed(SeriesKey(gateway_id, reading.sensor_id, reading.quantity), reading)
-            self.warmup_readings += 1
+        # Readings of a gateway come in runs (a batch each): judged run by run, as ingest judges them.
+        for gateway_id, run in itertools.groupby(replay, key=itemgetter(0)):
+            readings = [reading for _, reading in run]
+            detectors.feed_batch(gateway_id, readings)
+            self.warmup_readings += len(readings)
         return detectors
 
     def _report(self, changes: Sequence[AlarmChange]) -> None:

@@ -38,8 +38,8 @@ from hub.alarms import AlarmChange, AlarmService
 from hub.db import Database, StoreError
 from hub.detectors.base import Finding
 from hub.ledger import Cursor, Plan
-from hub.schema import ROLLUP_BUCKET_MS
 from hub.series_export import ExportAlarm, ExportGateway, ExportHealth, ExportReading, ExportSnapshot
+from hub.series_fold import SeriesFold
 
 REJECTED_PAYLOAD_KEEP_BYTES: Final = 4096
 """Enough of a bad payload to diagnose it, without letting garbage fill the disk."""
@@ -136,13 +136,19 @@ class IngestWriter:
         rejections: Sequence[Rejection],
         side_messages: Sequence[SideMessage],
         now_ms: int,
+        *,
         findings: Sequence[Finding] = (),
+        fold: SeriesFold | None = None,
     ) -> list[AlarmChange]:
         """Write a plan's batches, gaps and cursors, rejections, side messages and the alarm changes
-        the findings cause, atomically; return the alarm changes."""
+        the findings cause, atomically; return the alarm changes.
+
+        ``fold`` is ``SeriesFold.of(plan.new_batches)`` when the caller has it already (ingest folds on
+        the thread that prepares the group); without it, it is folded here.
+        """
         try:
             with self.transaction() as conn:
-                self._write_batches(plan.new_batches, now_ms)
+                self._write_batches(plan.new_batches, now_ms, fold)
                 self._write_cursors(plan.cursors, now_ms)
                 _bulk_insert(
                     conn,
@@ -219,15 +225,14 @@ class IngestWriter:
             row = conn.execute(text("SELECT readings_id, state FROM detector_checkpoint WHERE id = 1")).first()
         return None if row is None else (int(row[0]), bytes(row[1]))
 
-    def _write_batches(self, batches: Sequence[TelemetryBatch], now_ms: int) -> None:
+    def _write_batches(self, batches: Sequence[TelemetryBatch], now_ms: int, fold: SeriesFold | None) -> None:
         conn = self._conn
         _insert_json(conn, _BATCH_COLUMNS, [(b.gateway_id, b.seq, b.boot_id, now_ms, b.item_count) for b in batches])
         if any(b.readings for b in batches):
-            after = int(conn.execute(text("SELECT coalesce(max(id), 0) FROM readings")).scalar_one())
             _insert_readings(conn, batches)
-            # Folded in by the database from the rows just inserted: per reading, Python held the GIL.
-            for statement in _FOLD_NEW_READINGS[conn.dialect.name]:
-                conn.execute(statement, {"after": after, "bucket": ROLLUP_BUCKET_MS})
+            fold = SeriesFold.of(batches) if fold is None else fold
+            _insert_json(conn, _ROLLUP_COLUMNS, fold.rollup_rows(), _ROLLUP_CONFLICT)
+            _insert_json(conn, _LATEST_COLUMNS, fold.latest_rows(), _LATEST_CONFLICT)
         _bulk_insert(
             conn,
             _TAG_READ_COLUMNS,
@@ -407,6 +412,11 @@ _REJECTED_COLUMNS: Final = (
     ("received_ms", "topic", "reason", "detail", "payload_size", "payload"),
 )
 _BATCH_COLUMNS: Final = (schema.batches, ("gateway_id", "seq", "boot_id", "received_ms", "reading_count"))
+_ROLLUP_COLUMNS: Final = (
+    schema.rollups,
+    ("gateway_id", "quantity", "sensor_id", "bucket_ms", "min_value", "max_value", "sum_value", "samples"),
+)
+_LATEST_COLUMNS: Final = (schema.latest, ("gateway_id", "sensor_id", "quantity", "ts_ms", "value", "quality"))
 _GATEWAY_SEEN_COLUMNS: Final = (
     schema.gateways,
     ("gateway_id", "boot_id", "first_seen_ms", "last_seen_ms", "batches", "readings"),
@@ -496,39 +506,6 @@ _LATEST_CONFLICT: Final = (
     " ON CONFLICT (gateway_id, sensor_id, quantity) DO UPDATE SET"
     " ts_ms = excluded.ts_ms, value = excluded.value, quality = excluded.quality WHERE excluded.ts_ms >= latest.ts_ms"
 )
-_FOLD_NEW_READINGS: Final = {
-    # SQLite upserts row by row in id order: each reading folds into its rollup bucket, and the newest of
-    # a series wins (the later of equal times), in C with the GIL released. A sort (GROUP BY, a window)
-    # cost more than the Python it replaced (docs/benchmarks.md).
-    "sqlite": (
-        text(
-            "INSERT INTO rollups (gateway_id, quantity, sensor_id, bucket_ms, min_value, max_value, sum_value,"  # noqa: S608 - constant text
-            " samples) SELECT gateway_id, quantity, sensor_id, ts_ms - ts_ms % :bucket, value, value, value, 1"
-            " FROM readings WHERE id > :after ORDER BY id" + _ROLLUP_CONFLICT
-        ),
-        text(
-            "INSERT INTO latest (gateway_id, sensor_id, quantity, ts_ms, value, quality)"  # noqa: S608 - constant text
-            " SELECT gateway_id, sensor_id, quantity, ts_ms, value, quality FROM readings WHERE id > :after"
-            " ORDER BY id" + _LATEST_CONFLICT
-        ),
-    ),
-    # PostgreSQL refuses to update a row twice in one statement: one row per key, aggregated first.
-    "postgresql": (
-        text(
-            "INSERT INTO rollups (gateway_id, quantity, sensor_id, bucket_ms, min_value, max_value, sum_value,"  # noqa: S608 - constant text
-            " samples) SELECT gateway_id, quantity, sensor_id, ts_ms - ts_ms % :bucket, min(value), max(value),"
-            " sum(value), count(*) FROM readings WHERE id > :after"
-            " GROUP BY gateway_id, quantity, sensor_id, ts_ms - ts_ms % :bucket" + _ROLLUP_CONFLICT
-        ),
-        text(
-            "INSERT INTO latest (gateway_id, sensor_id, quantity, ts_ms, value, quality)"  # noqa: S608 - constant text
-            " SELECT DISTINCT ON (gateway_id, sensor_id, quantity) gateway_id, sensor_id, quantity, ts_ms, value,"
-            " quality FROM readings WHERE id > :after ORDER BY gateway_id, sensor_id, quantity, ts_ms DESC, id DESC"
-            + _LATEST_CONFLICT
-        ),
-    ),
-}
-"""Fold the readings with ids above ``:after`` (those of this commit) into ``rollups`` and ``latest``."""
 
 
 def _insert_readings(conn: Connection, batches: Sequence[TelemetryBatch]) -> None:

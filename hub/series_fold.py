@@ -1,0 +1,111 @@
+"""A commit's readings grouped by series, and folded into rollups and latest values, without I/O.
+
+Ingest groups each batch's readings by series once: the detectors judge each series' run, and
+``SeriesFold`` sums the same runs into the rows the commit upserts into ``rollups`` (5-minute
+min/max/sum/count per series) and ``latest`` (each series' newest reading). The fold runs on the
+thread that prepares a group, beside the judging, and leaves the thread that commits only a few
+rows per series to write: SQLite's work on that thread limits the drain (docs/benchmarks.md). A
+run's readings are summed with ``min``/``max``/``sum`` over lists, in C, when they share a bucket,
+which they nearly always do (a batch spans seconds, a bucket five minutes).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Final
+
+from coldchain.messages import Quantity, Reading, TelemetryBatch
+from hub.detectors.base import SeriesRuns, series_runs
+from hub.schema import ROLLUP_BUCKET_MS
+
+RollupKey = tuple[str, Quantity, int, str]
+"""``(gateway_id, quantity, bucket_ms, sensor_id)``: the rollups table's primary key, in its order."""
+
+LatestKey = tuple[str, str, Quantity]
+"""``(gateway_id, sensor_id, quantity)``: the latest table's primary key."""
+
+_MIN: Final = 0
+_MAX: Final = 1
+_SUM: Final = 2
+_SAMPLES: Final = 3
+
+
+class SeriesFold:
+    """Rollup sums and latest readings of the readings added, as rows for the commit's upserts.
+
+    Readings are added in commit order; of two readings of a series with the same time, the one
+    added later is the latest (as the database's own ``ts_ms >= latest.ts_ms`` rule keeps it).
+    """
+
+    __slots__ = ("_latest", "_rollups")
+
+    def __init__(self) -> None:
+        self._rollups: dict[RollupKey, list[float]] = {}
+        self._latest: dict[LatestKey, Reading] = {}
+
+    @classmethod
+    def of(cls, batches: Iterable[TelemetryBatch]) -> SeriesFold:
+        """The fold of every reading of ``batches``, in order."""
+        fold = cls()
+        for batch in batches:
+            fold.add(batch.gateway_id, series_runs(batch.readings))
+        return fold
+
+    def add(self, gateway_id: str, runs: SeriesRuns) -> None:
+        """Fold in one gateway's readings, grouped by ``series_runs``."""
+        for (sensor_id, quantity), run in runs.items():
+            self._add_run(gateway_id, sensor_id, quantity, run)
+
+    def _add_run(self, gateway_id: str, sensor_id: str, quantity: Quantity, run: Sequence[Reading]) -> None:
+        times = [reading.ts_ms for reading in run]
+        newest_ms = max(times)
+        # The last of the readings at the newest time: a later one of equal time wins.
+        newest = run[len(times) - 1 - times[::-1].index(newest_ms)]
+        latest_key = (gateway_id, sensor_id, quantity)
+        known = self._latest.get(latest_key)
+        if known is None or newest_ms >= known.ts_ms:
+            self._latest[latest_key] = newest
+        oldest_ms = min(times)
+        if oldest_ms - oldest_ms % ROLLUP_BUCKET_MS == newest_ms - newest_ms % ROLLUP_BUCKET_MS:
+            values = [reading.value for reading in run]
+            self._fold(
+                (gateway_id, quantity, newest_ms - newest_ms % ROLLUP_BUCKET_MS, sensor_id),
+                min(values),
+                max(values),
+                sum(values),
+                len(values),
+            )
+            return
+        for reading in run:
+            value = reading.value
+            self._fold(
+                (gateway_id, quantity, reading.ts_ms - reading.ts_ms % ROLLUP_BUCKET_MS, sensor_id),
+                value,
+                value,
+                value,
+                1,
+            )
+
+    def _fold(self, key: RollupKey, low: float, high: float, total: float, samples: int) -> None:
+        bucket = self._rollups.get(key)
+        if bucket is None:
+            self._rollups[key] = [low, high, total, samples]
+            return
+        bucket[_MIN] = min(bucket[_MIN], low)
+        bucket[_MAX] = max(bucket[_MAX], high)
+        bucket[_SUM] += total
+        bucket[_SAMPLES] += samples
+
+    def rollup_rows(self) -> list[tuple[str, str, str, int, float, float, float, int]]:
+        """``(gateway_id, quantity, sensor_id, bucket_ms, min, max, sum, samples)`` per series and bucket."""
+        return [
+            (gateway_id, quantity.value, sensor_id, bucket_ms, low, high, total, int(samples))
+            for (gateway_id, quantity, bucket_ms, sensor_id), (low, high, total, samples) in self._rollups.items()
+        ]
+
+    def latest_rows(self) -> list[tuple[str, str, str, int, float, str]]:
+        """``(gateway_id, sensor_id, quantity, ts_ms, value, quality)`` of each series' newest reading."""
+        return [
+            (gateway_id, sensor_id, quantity.value, reading.ts_ms, reading.value, reading.quality.value)
+            for (gateway_id, sensor_id, quantity), reading in self._latest.items()
+        ]
