@@ -104,6 +104,25 @@ def test_in_order_batches_are_stored_and_receipted(hub):
     ]
 
 
+def test_reading_ids_follow_commit_order_batch_by_batch_and_reading_by_reading(hub):
+    """Detector checkpoints and the series exporter resume after an id: ids must be in commit order."""
+
+    def probes(seq: int, count: int) -> list[Reading]:
+        return [Reading(f"probe-{n % 3}", Quantity.TEMPERATURE, TS + seq * 10_000 + n, float(n)) for n in range(count)]
+
+    hub.process(telemetry("gw-b", 1, readings=probes(1, 7)), telemetry("gw-a", 1, readings=probes(1, 5)))
+    hub.process(telemetry("gw-a", 2, readings=probes(2, 4)), telemetry("gw-c", 1, readings=[]))
+    hub.process(telemetry("gw-c", 2, readings=probes(2, 3)))
+    expected = [
+        (gateway_id, seq, reading.sensor_id, reading.ts_ms)
+        for gateway_id, seq, count in (("gw-b", 1, 7), ("gw-a", 1, 5), ("gw-a", 2, 4), ("gw-c", 2, 3))
+        for reading in probes(seq, count)
+    ]
+    rows = hub.query("SELECT id, gateway_id, seq, sensor_id, ts_ms FROM readings ORDER BY id")
+    assert [row[1:] for row in rows] == expected
+    assert [row[0] for row in rows] == list(range(rows[0][0], rows[0][0] + len(expected)))
+
+
 def test_repeated_groups_store_each_batch_once(hub):
     assert hub.process(telemetry("gw-1", 1), telemetry("gw-1", 2)) == {"gw-1": 2}
     assert hub.process(telemetry("gw-1", 2), telemetry("gw-1", 1), telemetry("gw-1", 3)) == {"gw-1": 3}
