@@ -28,7 +28,7 @@ from hub.ingest import IngestBacklog
 log = logging.getLogger(__name__)
 
 TIMING_BUCKETS_S: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
-"""1 ms to 5 s: a small group commits in a few ms, a full 512 KiB group with its fsync in about a second."""
+"""1 ms to 5 s: a small group commits in a few ms, a full 2 MiB group with its fsync in a quarter to half a second."""
 
 # Counters of IngestStats that map one to one onto a metric: (stats key, metric name, help).
 INGEST_COUNTERS: Final = (
