@@ -264,7 +264,7 @@ class IngestPipeline:
         self._ledger.apply(plan)
         now_ms = int(self._wall_clock() * 1000)
         judging = time.perf_counter()
-        findings, fold = self._judge(plan.new_batches)
+        findings, fold = self._judge_and_fold(plan.new_batches)
         if self._detectors is not None:  # a hub without profiles judges nothing: no zero-length samples
             self._timings.observe_detectors(time.perf_counter() - judging)
         return PreparedGroup(len(group), plan, rejections, side_messages, findings, fold, now_ms, started)
@@ -333,7 +333,7 @@ class IngestPipeline:
         with self._write_lock:
             return action(self._writer, int(self._wall_clock() * 1000))
 
-    def _judge(self, batches: Sequence[TelemetryBatch]) -> tuple[list[Finding], SeriesFold]:
+    def _judge_and_fold(self, batches: Sequence[TelemetryBatch]) -> tuple[list[Finding], SeriesFold]:
         """The detectors' findings on ``batches``, and their rollups and latest values: each batch's
         readings are grouped by series once for both."""
         findings: list[Finding] = []

@@ -11,11 +11,11 @@ which they nearly always do (a batch spans seconds, a bucket five minutes).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Final
 
-from coldchain.messages import Quantity, Reading, TelemetryBatch
-from hub.detectors.base import SeriesRuns, series_runs
+from coldchain.messages import Quantity, Reading
+from hub.detectors.base import SeriesRuns
 from hub.schema import ROLLUP_BUCKET_MS
 
 RollupKey = tuple[str, Quantity, int, str]
@@ -42,14 +42,6 @@ class SeriesFold:
     def __init__(self) -> None:
         self._rollups: dict[RollupKey, list[float]] = {}
         self._latest: dict[LatestKey, Reading] = {}
-
-    @classmethod
-    def of(cls, batches: Iterable[TelemetryBatch]) -> SeriesFold:
-        """The fold of every reading of ``batches``, in order."""
-        fold = cls()
-        for batch in batches:
-            fold.add(batch.gateway_id, series_runs(batch.readings))
-        return fold
 
     def add(self, gateway_id: str, runs: SeriesRuns) -> None:
         """Fold in one gateway's readings, grouped by ``series_runs``."""

@@ -137,14 +137,14 @@ class IngestWriter:
         side_messages: Sequence[SideMessage],
         now_ms: int,
         *,
+        fold: SeriesFold,
         findings: Sequence[Finding] = (),
-        fold: SeriesFold | None = None,
     ) -> list[AlarmChange]:
         """Write a plan's batches, gaps and cursors, rejections, side messages and the alarm changes
         the findings cause, atomically; return the alarm changes.
 
-        ``fold`` is ``SeriesFold.of(plan.new_batches)`` when the caller has it already (ingest folds on
-        the thread that prepares the group); without it, it is folded here.
+        ``fold`` holds the rollups and latest values of ``plan.new_batches`` (ingest folds
+        them on the thread that prepares the group, beside the judging).
         """
         try:
             with self.transaction() as conn:
@@ -225,12 +225,11 @@ class IngestWriter:
             row = conn.execute(text("SELECT readings_id, state FROM detector_checkpoint WHERE id = 1")).first()
         return None if row is None else (int(row[0]), bytes(row[1]))
 
-    def _write_batches(self, batches: Sequence[TelemetryBatch], now_ms: int, fold: SeriesFold | None) -> None:
+    def _write_batches(self, batches: Sequence[TelemetryBatch], now_ms: int, fold: SeriesFold) -> None:
         conn = self._conn
         _insert_json(conn, _BATCH_COLUMNS, [(b.gateway_id, b.seq, b.boot_id, now_ms, b.item_count) for b in batches])
         if any(b.readings for b in batches):
             _insert_readings(conn, batches)
-            fold = SeriesFold.of(batches) if fold is None else fold
             _insert_json(conn, _ROLLUP_COLUMNS, fold.rollup_rows(), _ROLLUP_CONFLICT)
             _insert_json(conn, _LATEST_COLUMNS, fold.latest_rows(), _LATEST_CONFLICT)
         _bulk_insert(

@@ -159,30 +159,39 @@ def eventful_readings(seed: int, count: int) -> list[Reading]:
     return readings
 
 
+# What happens part-way through the eventful streams, by reading index: the profile changes (the
+# humidity and MKT detectors refuse the series until TIGHT binds), a journey resets, the set restarts.
+PROFILE_FROM = {1000: TIGHT, 2000: LOOSE}
+RESET_AT = 1500
+RESTORE_AT = 2500
+
+
+def restored(detectors: DetectorSet, profiles: dict[str, ProductProfile]) -> DetectorSet:
+    """A new set restored from ``detectors``' snapshot, as after a restart."""
+    fresh = DetectorSet(lambda key: profiles["now"])
+    fresh.restore(detectors.snapshot())
+    return fresh
+
+
 @pytest.mark.parametrize("seed", range(4))
 def test_set_judges_exactly_as_each_detector_fed_alone(seed: int) -> None:
     """The set's one-lookup hot path, its rebuilds (profile change, reset, restore) and its late and
     bad reading rules give the findings of the detectors fed one by one, in detector order."""
-    profiles = {"now": LOOSE}  # humidity and MKT detectors refuse the series until TIGHT binds
+    profiles = {"now": LOOSE}
     detectors = DetectorSet(lambda key: profiles["now"])
     alone = DetectorSet(lambda key: profiles["now"]).detectors
     newest: dict[SeriesKey, int] = {}
     kinds: set[FindingKind] = set()
     readings = eventful_readings(seed, 3000)
     for index, reading in enumerate(readings):
-        if index == 1000:
-            profiles["now"] = TIGHT
-        if index == 2000:
-            profiles["now"] = LOOSE
-        if index == 1500:
+        profiles["now"] = PROFILE_FROM.get(index, profiles["now"])
+        if index == RESET_AT:
             detectors.reset(KEY)
             for detector in alone:
                 if detector.kind is FindingKind.CUMULATIVE_TIME_OUT_OF_RANGE:
                     detector.reset(KEY)
-        if index == 2500:
-            restored = DetectorSet(lambda key: profiles["now"])
-            restored.restore(detectors.snapshot())
-            detectors = restored
+        if index == RESTORE_AT:
+            detectors = restored(detectors, profiles)
         key = SeriesKey("gw-a", reading.sensor_id, reading.quantity)
         expected: list[Finding] = []
         if reading.ts_ms > newest.get(key, 0) and reading.quality is not Quality.BAD:
@@ -206,7 +215,7 @@ def test_batches_judged_run_by_run_find_what_reading_by_reading_finds(seed: int)
     single = DetectorSet(lambda key: profiles["now"])
     readings = eventful_readings(seed, 3000)
     rng = random.Random(seed)
-    events = (1000, 1500, 2000, 2500)
+    events = (*PROFILE_FROM, RESET_AT, RESTORE_AT)
     got: dict[SeriesKey, list[Finding]] = {}
     expected: dict[SeriesKey, list[Finding]] = {}
     longest_run = 0
@@ -214,17 +223,12 @@ def test_batches_judged_run_by_run_find_what_reading_by_reading_finds(seed: int)
     while start < len(readings):
         end = min(start + rng.choice((1, 2, 7, 40, 150, 400)), len(readings))
         end = min([end, *(index for index in events if start < index < end)])
-        if start == 1000:
-            profiles["now"] = TIGHT
-        if start == 2000:
-            profiles["now"] = LOOSE
-        if start == 1500:
+        profiles["now"] = PROFILE_FROM.get(start, profiles["now"])
+        if start == RESET_AT:
             batched.reset(KEY)
             single.reset(KEY)
-        if start == 2500:
-            restored = DetectorSet(lambda key: profiles["now"])
-            restored.restore(batched.snapshot())
-            batched = restored
+        if start == RESTORE_AT:
+            batched = restored(batched, profiles)
         batch = readings[start:end]
         for finding in batched.feed_batch("gw-a", batch):
             got.setdefault(finding.key, []).append(finding)
