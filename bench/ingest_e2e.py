@@ -120,6 +120,7 @@ class HubProcess:
     tables_toml: str = ""
     api_port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
+    history: int = 0  # readings put in the store before the load (prefill_store): ids 1 ... history
 
     @property
     def db_path(self) -> Path:
@@ -186,9 +187,9 @@ class HubProcess:
             return conn.execute(sql, params).fetchall()
 
     def stored_readings(self) -> int:
-        """max(id) of readings: rows are never deleted, so it is the count, read in O(1)."""
+        """Readings stored by the load, from max(id): rows are never deleted, so it is the count, read in O(1)."""
         try:
-            return int(self.query("SELECT coalesce(max(id), 0) FROM readings")[0][0])
+            return int(self.query("SELECT coalesce(max(id), 0) FROM readings")[0][0]) - self.history
         except sqlite3.OperationalError:
             return 0  # not migrated yet
 
@@ -498,10 +499,13 @@ def machine_busy_s() -> float:
 def exactly_once(hub: HubProcess, batch_size: int, messages: int) -> str:
     """Count, (gateway_id, seq) duplicates and short batches among the stored readings."""
     stored = hub.stored_readings()
-    distinct = hub.query("SELECT count(*) FROM (SELECT DISTINCT gateway_id, seq FROM readings)")[0][0]
+    distinct = hub.query(
+        "SELECT count(*) FROM (SELECT DISTINCT gateway_id, seq FROM series_readings WHERE id > ?)", hub.history
+    )[0][0]
     odd = hub.query(
-        "SELECT count(*) FROM (SELECT gateway_id, seq, count(*) AS n FROM readings GROUP BY gateway_id, seq"
-        " HAVING n != ?)",
+        "SELECT count(*) FROM (SELECT gateway_id, seq, count(*) AS n FROM series_readings WHERE id > ?"
+        " GROUP BY gateway_id, seq HAVING n != ?)",
+        hub.history,
         batch_size,
     )[0][0]
     gaps = hub.query("SELECT count(*) FROM gaps")[0][0]
@@ -535,6 +539,7 @@ def measure_hub(
     spy_s: float = 0.0,
     spy_gil_only: bool = False,
     ingest_toml: str = "",
+    prefill: int = 0,
 ) -> tuple[Rate, Rate, Rate, Rate, str]:
     broker = start_broker(work / "broker")
     hub = HubProcess(
@@ -546,8 +551,11 @@ def measure_hub(
     try:
         hub.start()
         hub.stop()  # its persistent session stays: the broker queues for it from now on
+        start_ms = int(time.time() * 1000) - 300_000
+        if prefill:
+            prefill_store(hub, gateways, prefill, start_ms)
         rounds = max(1, readings // batch_size // len(gateways))
-        generator = Generator(broker.port, gateways, publishers, batch_size, int(time.time() * 1000) - 300_000)
+        generator = Generator(broker.port, gateways, publishers, batch_size, start_ms)
         meter = CpuMeter({"broker": broker_process(broker)})
         sent = generator.run(rounds)
         gen = Rate(sent.messages * batch_size, sent.elapsed_s, {"generator": sent.cpu_s / sent.elapsed_s})
@@ -586,6 +594,46 @@ def measure_hub(
     finally:
         hub.stop()
         broker.stop()
+
+
+def prefill_store(hub: HubProcess, gateways: Sequence[str], readings: int, before_ms: int) -> None:
+    """Give the stopped hub's store ``readings`` of history, as ingest would have committed them: the same
+    gateways and probes, 500 per batch in turn, readings 1 s apart per probe, all before ``before_ms``.
+
+    The detector checkpoint is moved past them, as a running hub's would be, so the hub does not replay
+    them at start. Batches rows are left out: the history's seqs would collide with the load's.
+    """
+    per_gateway = -(-readings // len(gateways))
+    first_ms = before_ms - (per_gateway + PROBES) * STEP_MS
+    began = time.perf_counter()
+    with closing(sqlite3.connect(hub.db_path, timeout=30)) as conn:
+        conn.execute("CREATE TEMP TABLE gateway_index (g INTEGER PRIMARY KEY, gateway_id TEXT NOT NULL)")
+        conn.executemany("INSERT INTO gateway_index VALUES (?, ?)", enumerate(gateways))
+        with conn:
+            conn.executemany(
+                "INSERT INTO series (gateway_id, sensor_id, quantity) VALUES (?, ?, 'temperature')",
+                [(gateway, sensor) for gateway in gateways for sensor in _SENSORS],
+            )
+            conn.execute(
+                "WITH RECURSIVE k(k) AS (SELECT 0 UNION ALL SELECT k + 1 FROM k WHERE k + 1 < :readings),"
+                " r AS (SELECT k / 500 % :gateways AS g, k / (500 * :gateways) * 500 + k % 500 AS n FROM k)"
+                " INSERT INTO readings (series_id, ts_ms, value, quality, seq)"
+                " SELECT series_id, :first_ms + n * :step_ms, 3.0 + (n % 7) / 100.0, 'ok', n / 500 + 1"
+                " FROM r JOIN gateway_index USING (g) JOIN series"
+                " ON series.gateway_id = gateway_index.gateway_id AND series.sensor_id = 'probe-' || (n % :probes)",
+                {
+                    "readings": readings,
+                    "gateways": len(gateways),
+                    "probes": PROBES,
+                    "first_ms": first_ms,
+                    "step_ms": STEP_MS,
+                },
+            )
+            moved = conn.execute("UPDATE detector_checkpoint SET readings_id = (SELECT max(id) FROM readings)")
+            if moved.rowcount != 1:
+                raise RuntimeError("the hub left no detector checkpoint at stop: it would replay the history")
+            hub.history = int(conn.execute("SELECT coalesce(max(id), 0) FROM readings").fetchone()[0])
+    print(f"prefilled {readings:,} readings of history in {time.perf_counter() - began:.0f} s", flush=True)
 
 
 def measure_raw(work: Path, batch_size: int, readings: int, gateways: list[str], publishers: int) -> tuple[Rate, Rate]:
@@ -788,6 +836,13 @@ def main() -> None:
         metavar="KEY=VALUE",
         help="an [ingest] setting of the hub under test, e.g. group_max_bytes=2097152 (repeatable)",
     )
+    parser.add_argument(
+        "--prefill",
+        type=int,
+        default=0,
+        metavar="READINGS",
+        help="give each hub's store this many readings of history before its drain (a large store)",
+    )
     parser.add_argument("--keep", type=Path, default=None, help="keep logs and databases under this directory")
     args = parser.parse_args()
     print(machine())
@@ -810,6 +865,7 @@ def main() -> None:
                 spy_s=args.py_spy,
                 spy_gil_only=args.py_spy_gil,
                 ingest_toml="\n".join(args.ingest),
+                prefill=args.prefill,
             )
             raw_drain, raw_live = measure_raw(work, batch_size, readings, gateways, args.publishers)
             rows.append(Row(batch_size, gen, drain, live, gen_live, raw_drain, raw_live, check))

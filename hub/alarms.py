@@ -388,8 +388,9 @@ class AlarmService:
         alarm_id, gateway_id, started_ms = excursion.alarm_id, excursion.gateway_id, excursion.started_ms
         readings = conn.execute(
             text(
-                "SELECT ts_ms, value, quality FROM readings WHERE gateway_id = :gateway_id AND sensor_id = :sensor_id"
-                " AND quantity = :quantity AND ts_ms BETWEEN :start AND :end ORDER BY ts_ms LIMIT :limit"
+                "SELECT ts_ms, value, quality FROM series_readings WHERE gateway_id = :gateway_id"
+                " AND sensor_id = :sensor_id AND quantity = :quantity AND ts_ms BETWEEN :start AND :end"
+                " ORDER BY ts_ms LIMIT :limit"
             ),
             {
                 "gateway_id": gateway_id,

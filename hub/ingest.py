@@ -340,7 +340,7 @@ class IngestPipeline:
         fold = SeriesFold()
         for batch in batches:
             runs = series_runs(batch.readings)
-            fold.add(batch.gateway_id, runs)
+            fold.add(batch.gateway_id, batch.seq, runs)
             if self._detectors is not None:
                 findings += self._detectors.feed_runs(batch.gateway_id, runs)
         return findings, fold

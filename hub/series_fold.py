@@ -1,8 +1,9 @@
 """A commit's readings grouped by series, and folded into rollups and latest values, without I/O.
 
 Ingest groups each batch's readings by series once: the detectors judge each series' run, and
-``SeriesFold`` sums the same runs into the rows the commit upserts into ``rollups`` (5-minute
-min/max/sum/count per series) and ``latest`` (each series' newest reading). The fold runs on the
+``SeriesFold`` keeps the same runs for the commit's insert (a run names its series once) and sums them
+into the rows the commit upserts into ``rollups`` (5-minute min/max/sum/count per series) and
+``latest`` (each series' newest reading). The fold runs on the
 thread that prepares a group, beside the judging, and leaves the thread that commits only a few
 rows per series to write: SQLite's work on that thread limits the drain (docs/benchmarks.md). A
 run's readings are summed with ``min``/``max``/``sum`` over lists, in C, when they share a bucket,
@@ -11,8 +12,10 @@ which they nearly always do (a batch spans seconds, a bucket five minutes).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Final
+
+import msgspec
 
 from coldchain.messages import Quantity, Reading
 from hub.detectors.base import SeriesRuns
@@ -24,6 +27,8 @@ RollupKey = tuple[str, Quantity, int, str]
 LatestKey = tuple[str, str, Quantity]
 """``(gateway_id, sensor_id, quantity)``: the latest table's primary key."""
 
+_RUNS_JSON: Final = msgspec.json.Encoder()
+
 _MIN: Final = 0
 _MAX: Final = 1
 _SUM: Final = 2
@@ -31,22 +36,44 @@ _SAMPLES: Final = 3
 
 
 class SeriesFold:
-    """Rollup sums and latest readings of the readings added, as rows for the commit's upserts.
+    """The runs of the batches added, and their rollup sums and latest readings, as rows for the commit.
 
-    Readings are added in commit order; of two readings of a series with the same time, the one
+    Batches are added in commit order; of two readings of a series with the same time, the one
     added later is the latest (as the database's own ``ts_ms >= latest.ts_ms`` rule keeps it).
     """
 
-    __slots__ = ("_latest", "_rollups")
+    __slots__ = ("_latest", "_rollups", "_runs")
 
     def __init__(self) -> None:
         self._rollups: dict[RollupKey, list[float]] = {}
         self._latest: dict[LatestKey, Reading] = {}
+        self._runs: list[tuple[int, str, SeriesRuns]] = []
 
-    def add(self, gateway_id: str, runs: SeriesRuns) -> None:
-        """Fold in one gateway's readings, grouped by ``series_runs``."""
+    def add(self, gateway_id: str, seq: int, runs: SeriesRuns) -> None:
+        """Fold in the readings of a gateway's batch ``seq``, grouped by ``series_runs``."""
+        if runs:
+            self._runs.append((seq, gateway_id, runs))
         for (sensor_id, quantity), run in runs.items():
             self._add_run(gateway_id, sensor_id, quantity, run)
+
+    def series(self) -> list[LatestKey]:
+        """Every series with a reading added, as ``(gateway_id, sensor_id, quantity)``."""
+        return list(self._latest)
+
+    def readings_json(self, series_ids: Mapping[LatestKey, int]) -> bytes:
+        """The readings added, for the commit's insert: ``[[seq, series_id, [reading, ...]], ...]`` (a
+        reading is its wire array), batch by batch in the order added, each batch's series in the order
+        of their first reading, each run in arrival order. ``series_ids`` names every series of ``series()``.
+
+        Only the runs are visited here, never a reading: the encoder writes the readings in C.
+        """
+        return _RUNS_JSON.encode(
+            [
+                (seq, series_ids[gateway_id, sensor_id, quantity], run)
+                for seq, gateway_id, runs in self._runs
+                for (sensor_id, quantity), run in runs.items()
+            ]
+        )
 
     def _add_run(self, gateway_id: str, sensor_id: str, quantity: Quantity, run: Sequence[Reading]) -> None:
         times = [reading.ts_ms for reading in run]

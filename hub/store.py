@@ -39,7 +39,7 @@ from hub.db import Database, StoreError
 from hub.detectors.base import Finding
 from hub.ledger import Cursor, Plan
 from hub.series_export import ExportAlarm, ExportGateway, ExportHealth, ExportReading, ExportSnapshot
-from hub.series_fold import SeriesFold
+from hub.series_fold import LatestKey, SeriesFold
 
 REJECTED_PAYLOAD_KEEP_BYTES: Final = 4096
 """Enough of a bad payload to diagnose it, without letting garbage fill the disk."""
@@ -103,6 +103,10 @@ class IngestWriter:
             self.database.require_current()
         self._conn = self.database.writer()
         self._alarms = alarms
+        # Ids of the series in the table, read back by this writer: only committed ones are kept here.
+        self._series_ids: dict[LatestKey, int] = {}
+        with self.transaction() as conn:
+            self._series_ids.update(_series_ids(conn))
 
     @contextmanager
     def transaction(self) -> Iterator[Connection]:
@@ -146,9 +150,10 @@ class IngestWriter:
         ``fold`` holds the rollups and latest values of ``plan.new_batches`` (ingest folds
         them on the thread that prepares the group, beside the judging).
         """
+        new_series: dict[LatestKey, int] = {}
         try:
             with self.transaction() as conn:
-                self._write_batches(plan.new_batches, now_ms, fold)
+                self._write_batches(plan.new_batches, now_ms, fold, new_series)
                 self._write_cursors(plan.cursors, now_ms)
                 _bulk_insert(
                     conn,
@@ -172,9 +177,12 @@ class IngestWriter:
                 )
                 for message in side_messages:
                     self._write_side_message(message, now_ms)
-                return self._alarms.apply(conn, findings, now_ms) if self._alarms and findings else []
+                changes = self._alarms.apply(conn, findings, now_ms) if self._alarms and findings else []
         except StoreError as exc:
             raise StoreError(f"commit of {len(plan.new_batches)} batches failed: {exc}") from exc
+        # Only now: a series inserted by a transaction that rolled back has no row, and its id may be reused.
+        self._series_ids.update(new_series)
+        return changes
 
     def commit_tick(self, findings: Sequence[Finding], now_ms: int) -> list[AlarmChange]:
         """Apply time-driven findings (silence) and escalations in one transaction."""
@@ -186,15 +194,16 @@ class IngestWriter:
     def recent_readings(self, since_ms: int) -> Iterator[tuple[str, Reading]]:
         """Readings newer than ``since_ms`` in time order (warm-up when there is no checkpoint)."""
         yield from self._readings(
-            "SELECT gateway_id, sensor_id, quantity, ts_ms, value, quality FROM readings WHERE ts_ms > :since"
-            " ORDER BY ts_ms",
+            "SELECT gateway_id, sensor_id, quantity, ts_ms, value, quality FROM series_readings"
+            " WHERE ts_ms > :since ORDER BY ts_ms",
             since_ms,
         )
 
     def readings_after(self, reading_id: int) -> Iterator[tuple[str, Reading]]:
         """Readings committed after ``reading_id``, in commit order: exactly what detectors saw next."""
         yield from self._readings(
-            "SELECT gateway_id, sensor_id, quantity, ts_ms, value, quality FROM readings WHERE id > :since ORDER BY id",
+            "SELECT gateway_id, sensor_id, quantity, ts_ms, value, quality FROM series_readings"
+            " WHERE id > :since ORDER BY id",
             reading_id,
         )
 
@@ -219,17 +228,33 @@ class IngestWriter:
             )
         return reading_id
 
+    def _series_ids_of(self, keys: Sequence[LatestKey], new_series: dict[LatestKey, int]) -> Mapping[LatestKey, int]:
+        """The ids of ``keys``, the series a commit's readings belong to; those not known yet are inserted
+        (if no other transaction did) and read back into ``new_series``, kept once the commit is in."""
+        known = self._series_ids
+        missing = [key for key in keys if key not in known and key not in new_series]
+        if not missing:
+            return known if not new_series else {**known, **new_series}
+        _insert_json(self._conn, _SERIES_COLUMNS, [(g, s, str(q)) for g, s, q in missing], _SERIES_CONFLICT)
+        # A new series is rare (a probe's first reading): all of them are read back, not just these.
+        stored = _series_ids(self._conn)
+        new_series.update((key, stored[key]) for key in missing)
+        return {**known, **new_series}
+
     def load_checkpoint(self) -> tuple[int, bytes] | None:
         """The last detector checkpoint (readings id, state), if any."""
         with self.transaction() as conn:
             row = conn.execute(text("SELECT readings_id, state FROM detector_checkpoint WHERE id = 1")).first()
         return None if row is None else (int(row[0]), bytes(row[1]))
 
-    def _write_batches(self, batches: Sequence[TelemetryBatch], now_ms: int, fold: SeriesFold) -> None:
+    def _write_batches(
+        self, batches: Sequence[TelemetryBatch], now_ms: int, fold: SeriesFold, new_series: dict[LatestKey, int]
+    ) -> None:
         conn = self._conn
         _insert_json(conn, _BATCH_COLUMNS, [(b.gateway_id, b.seq, b.boot_id, now_ms, b.item_count) for b in batches])
         if any(b.readings for b in batches):
-            _insert_readings(conn, batches)
+            series_ids = self._series_ids_of(fold.series(), new_series)
+            conn.exec_driver_sql(_INSERT_READINGS_SQL[conn.dialect.name], (fold.readings_json(series_ids).decode(),))
             _insert_json(conn, _ROLLUP_COLUMNS, fold.rollup_rows(), _ROLLUP_CONFLICT)
             _insert_json(conn, _LATEST_COLUMNS, fold.latest_rows(), _LATEST_CONFLICT)
         _bulk_insert(
@@ -415,6 +440,7 @@ _ROLLUP_COLUMNS: Final = (
     schema.rollups,
     ("gateway_id", "quantity", "sensor_id", "bucket_ms", "min_value", "max_value", "sum_value", "samples"),
 )
+_SERIES_COLUMNS: Final = (schema.series, ("gateway_id", "sensor_id", "quantity"))
 _LATEST_COLUMNS: Final = (schema.latest, ("gateway_id", "sensor_id", "quantity", "ts_ms", "value", "quality"))
 _GATEWAY_SEEN_COLUMNS: Final = (
     schema.gateways,
@@ -467,32 +493,33 @@ def _bulk_insert(conn: Connection, target: tuple[Table, tuple[str, ...]], rows: 
 
 _JSON_ROWS: Final = msgspec.json.Encoder()
 
-# The readings of a commit go to the database as one JSON parameter, ``[[gateway_id, seq, [reading,
-# ...]], ...]`` (a reading is its wire array), expanded by the database in one statement. sqlite3's
-# executemany holds the GIL to bind every row and re-takes it after every row's step, so the ingest
-# thread's judging could not run beside it; one statement releases the GIL for the whole insert
-# (bench/ingest_e2e.py; docs/benchmarks.md "Commit beside judging"). ORDER BY keeps ids in commit order.
+# The readings of a commit go to the database as one JSON parameter, ``[[seq, series_id, [reading, ...]],
+# ...]`` (SeriesFold.readings_json: a reading is its wire array), expanded by the database in one
+# statement. sqlite3's executemany holds the GIL to bind every row and re-takes it after every row's
+# step, so the ingest thread's judging could not run beside it; one statement releases the GIL for the
+# whole insert (bench/ingest_e2e.py; docs/benchmarks.md "Commit beside judging"). ORDER BY keeps ids in
+# commit order: batch by batch, series by series within a batch.
 _INSERT_READINGS_SQL: Final = {
-    # The batches' scalars are taken out once (MATERIALIZED): reading a batch element's value per reading
-    # renders its whole text each time, quadratic in the batch size (18,800 against 186,800 readings/s at
-    # 500 per batch in bench/ingest_pipeline.py).
+    # The runs' scalars are taken out once (MATERIALIZED): reading a run element's value per reading
+    # renders its whole text each time, quadratic in the run's length (18,800 against 186,800
+    # readings/s at 500 per batch in bench/ingest_pipeline.py).
     "sqlite": (
-        "WITH b AS MATERIALIZED (SELECT key AS n, value ->> 0 AS gateway_id, value ->> 1 AS seq,"
+        "WITH b AS MATERIALIZED (SELECT key AS n, value ->> 0 AS seq, value ->> 1 AS series_id,"
         " value -> 2 AS readings FROM json_each(?))"
-        " INSERT INTO readings (gateway_id, sensor_id, quantity, ts_ms, value, quality, seq)"
-        " SELECT b.gateway_id, r.value ->> 0, r.value ->> 1, r.value ->> 2, r.value ->> 3, r.value ->> 4, b.seq"
+        " INSERT INTO readings (series_id, ts_ms, value, quality, seq)"
+        " SELECT b.series_id, r.value ->> 2, r.value ->> 3, r.value ->> 4, b.seq"
         " FROM b, json_each(b.readings) AS r ORDER BY b.n, r.key"
     ),
     "postgresql": (
-        "WITH b AS MATERIALIZED (SELECT e.n, e.value ->> 0 AS gateway_id, (e.value ->> 1)::bigint AS seq,"
+        "WITH b AS MATERIALIZED (SELECT e.n, (e.value ->> 0)::bigint AS seq, (e.value ->> 1)::bigint AS series_id,"
         " e.value -> 2 AS readings FROM json_array_elements(%s::json) WITH ORDINALITY AS e(value, n))"
-        " INSERT INTO readings (gateway_id, sensor_id, quantity, ts_ms, value, quality, seq)"
-        " SELECT b.gateway_id, r.value ->> 0, r.value ->> 1, (r.value ->> 2)::bigint,"
-        " (r.value ->> 3)::double precision, r.value ->> 4, b.seq"
+        " INSERT INTO readings (series_id, ts_ms, value, quality, seq)"
+        " SELECT b.series_id, (r.value ->> 2)::bigint, (r.value ->> 3)::double precision, r.value ->> 4, b.seq"
         " FROM b, json_array_elements(b.readings) WITH ORDINALITY AS r(value, m) ORDER BY b.n, r.m"
     ),
 }
 
+_SERIES_CONFLICT: Final = " ON CONFLICT (gateway_id, sensor_id, quantity) DO NOTHING"
 
 _ROLLUP_CONFLICT: Final = (
     # CASE, not two-argument min()/max(): PostgreSQL spells those least()/greatest().
@@ -505,12 +532,6 @@ _LATEST_CONFLICT: Final = (
     " ON CONFLICT (gateway_id, sensor_id, quantity) DO UPDATE SET"
     " ts_ms = excluded.ts_ms, value = excluded.value, quality = excluded.quality WHERE excluded.ts_ms >= latest.ts_ms"
 )
-
-
-def _insert_readings(conn: Connection, batches: Sequence[TelemetryBatch]) -> None:
-    """Insert every reading of ``batches`` (at least one) in one statement, in batch and reading order."""
-    rows = _JSON_ROWS.encode([(b.gateway_id, b.seq, b.readings) for b in batches if b.readings])
-    conn.exec_driver_sql(_INSERT_READINGS_SQL[conn.dialect.name], (rows.decode(),))
 
 
 @functools.cache
@@ -543,6 +564,15 @@ def _insert_json(
         table, columns = target
         statement = _json_insert_sql(table, columns, conn.dialect, on_conflict)
         conn.exec_driver_sql(statement, (_JSON_ROWS.encode(rows).decode(),))
+
+
+def _series_ids(conn: Connection) -> dict[LatestKey, int]:
+    """Every series in the table, by ``(gateway_id, sensor_id, quantity)``."""
+    rows = conn.execute(text("SELECT series_id, gateway_id, sensor_id, quantity FROM series"))
+    return {
+        (gateway_id, sensor_id, Quantity(quantity)): int(series_id)
+        for series_id, gateway_id, sensor_id, quantity in rows
+    }
 
 
 def _execute_many(conn: Connection, statement: str, rows: list[dict[str, Any]]) -> None:
@@ -702,7 +732,7 @@ class SeriesStoreSource:
         with self.database.reading() as conn:
             rows = conn.execute(
                 text(
-                    "SELECT id, gateway_id, sensor_id, quantity, ts_ms, value, quality FROM readings"
+                    "SELECT id, gateway_id, sensor_id, quantity, ts_ms, value, quality FROM series_readings"
                     " WHERE id > :after ORDER BY id LIMIT :limit"
                 ),
                 {"after": after_id, "limit": limit},

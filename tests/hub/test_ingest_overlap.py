@@ -75,7 +75,9 @@ def pipeline_for(writer: IngestWriter, pipeline_type: type[IngestPipeline] = Ing
 def committed(url: str) -> dict[str, list[tuple[Any, ...]]]:
     """Everything the groups leave in the store that does not depend on ids made at random."""
     return {
-        "readings": query(url, "SELECT gateway_id, sensor_id, ts_ms, value, quality, seq FROM readings ORDER BY id"),
+        "readings": query(
+            url, "SELECT gateway_id, sensor_id, ts_ms, value, quality, seq FROM series_readings ORDER BY id"
+        ),
         "alarms": query(
             url,
             "SELECT kind, severity, state, peak_value, duration_s, message FROM alarms ORDER BY kind, severity",

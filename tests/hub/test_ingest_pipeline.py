@@ -72,7 +72,7 @@ class Hub:
         return query(self.url, sql)
 
     def readings_per_batch(self) -> dict[tuple[str, int], int]:
-        rows = self.query("SELECT gateway_id, seq, count(*) FROM readings GROUP BY gateway_id, seq")
+        rows = self.query("SELECT gateway_id, seq, count(*) FROM series_readings GROUP BY gateway_id, seq")
         return {(gw, seq): count for gw, seq, count in rows}
 
     def stored_batches(self) -> list[tuple[str, int]]:
@@ -97,28 +97,41 @@ def test_in_order_batches_are_stored_and_receipted(hub):
     assert stats["batches_stored"] == 2
     assert stats["readings_stored"] == 4
     assert stats["duplicates"] == 0
-    rows = hub.query("SELECT sensor_id, quantity, ts_ms, value, quality, seq FROM readings WHERE seq = 1")
+    rows = hub.query("SELECT sensor_id, quantity, ts_ms, value, quality, seq FROM series_readings WHERE seq = 1")
     assert sorted(rows) == [
         ("probe-1", "humidity", TS + 1000, 80.0, "good", 1),
         ("probe-1", "temperature", TS + 1000, 4.1, "good", 1),
     ]
 
 
-def test_reading_ids_follow_commit_order_batch_by_batch_and_reading_by_reading(hub):
-    """Detector checkpoints and the series exporter resume after an id: ids must be in commit order."""
+def test_reading_ids_follow_commit_order_batch_by_batch_and_series_by_series(hub):
+    """Detector checkpoints and the series exporter resume after an id: ids must be in commit order,
+    batch by batch; within a batch, series by series (in the order of their first reading), each
+    series' readings in arrival order: what the detectors judged, run by run."""
 
     def probes(seq: int, count: int) -> list[Reading]:
         return [Reading(f"probe-{n % 3}", Quantity.TEMPERATURE, TS + seq * 10_000 + n, float(n)) for n in range(count)]
 
+    def series_by_series(readings: list[Reading]) -> list[Reading]:
+        first = {sensor: n for n, sensor in reversed(list(enumerate(r.sensor_id for r in readings)))}
+        return sorted(readings, key=lambda r: first[r.sensor_id])  # stable: arrival order within a series
+
     hub.process(telemetry("gw-b", 1, readings=probes(1, 7)), telemetry("gw-a", 1, readings=probes(1, 5)))
     hub.process(telemetry("gw-a", 2, readings=probes(2, 4)), telemetry("gw-c", 1, readings=[]))
-    hub.process(telemetry("gw-c", 2, readings=probes(2, 3)))
+    hub.process(telemetry("gw-c", 2, readings=probes(2, 3)[::-1]))
     expected = [
         (gateway_id, seq, reading.sensor_id, reading.ts_ms)
-        for gateway_id, seq, count in (("gw-b", 1, 7), ("gw-a", 1, 5), ("gw-a", 2, 4), ("gw-c", 2, 3))
-        for reading in probes(seq, count)
+        for gateway_id, seq, readings in (
+            ("gw-b", 1, probes(1, 7)),
+            ("gw-a", 1, probes(1, 5)),
+            ("gw-a", 2, probes(2, 4)),
+            ("gw-c", 2, probes(2, 3)[::-1]),
+        )
+        for reading in series_by_series(readings)
     ]
-    rows = hub.query("SELECT id, gateway_id, seq, sensor_id, ts_ms FROM readings ORDER BY id")
+    assert expected[:3] == [("gw-b", 1, "probe-0", TS + 10_000 + n) for n in (0, 3, 6)]
+    assert [row[2] for row in expected[-3:]] == ["probe-2", "probe-1", "probe-0"]
+    rows = hub.query("SELECT id, gateway_id, seq, sensor_id, ts_ms FROM series_readings ORDER BY id")
     assert [row[1:] for row in rows] == expected
     assert [row[0] for row in rows] == list(range(rows[0][0], rows[0][0] + len(expected)))
 
@@ -396,6 +409,27 @@ def test_a_store_behind_the_code_is_refused_unless_migrating(database_url):
         IngestWriter(database_url, migrate=False)
     IngestWriter(database_url).close()  # migrating on start is the default
     IngestWriter(database_url, migrate=False).close()
+
+
+def test_a_series_first_seen_in_a_failed_commit_gets_its_id_from_the_commit_that_stores_it(hub):
+    """The writer remembers series ids only once their row is committed: the id a rolled-back insert
+    read back may go to another series next, and readings must never be filed under it."""
+    hub.process(telemetry("gw-1", 1))
+
+    def probe(sensor_id: str, seq: int) -> list[Reading]:
+        return [Reading(sensor_id, Quantity.TEMPERATURE, TS + seq * 1000, float(seq))]
+
+    with refusing_inserts(hub.url, "rollups", "disk says no"), pytest.raises(StoreError, match="disk says no"):
+        hub.pipeline.process([telemetry("gw-1", 2, readings=probe("probe-new", 2))])  # its series row rolls back
+    hub.pipeline.rewind()
+    assert hub.query("SELECT count(*) FROM series WHERE sensor_id = 'probe-new'") == [(0,)]
+
+    assert hub.process(telemetry("gw-1", 3, readings=probe("probe-other", 3))) == {"gw-1": 1}
+    assert hub.process(telemetry("gw-1", 2, readings=probe("probe-new", 2))) == {"gw-1": 3}
+    assert hub.query("SELECT seq, sensor_id, value FROM series_readings WHERE seq > 1 ORDER BY seq") == [
+        (2, "probe-new", 2.0),
+        (3, "probe-other", 3.0),
+    ]
 
 
 def test_failed_commit_changes_nothing_and_a_retry_stores_once(hub):

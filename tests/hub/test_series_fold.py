@@ -36,7 +36,7 @@ def fold_of(batches: list[TelemetryBatch]) -> SeriesFold:
     """As ingest folds a group: batch by batch, each grouped by series."""
     fold = SeriesFold()
     for batch in batches:
-        fold.add(batch.gateway_id, series_runs(batch.readings))
+        fold.add(batch.gateway_id, batch.seq, series_runs(batch.readings))
     return fold
 
 
@@ -93,6 +93,6 @@ def test_of_two_readings_at_the_newest_time_the_later_is_latest_and_a_run_across
         ("gw-a", "temperature", "p1", bucket, 2.0, 7.0, 15.0, 3),
     ]
     # A later batch's older reading does not replace the latest; its bucket adds up.
-    fold.add("gw-a", {("p1", Quantity.TEMPERATURE): [Reading("p1", Quantity.TEMPERATURE, bucket + 4_000, 9.0)]})
+    fold.add("gw-a", 2, {("p1", Quantity.TEMPERATURE): [Reading("p1", Quantity.TEMPERATURE, bucket + 4_000, 9.0)]})
     assert fold.latest_rows() == [("gw-a", "p1", "temperature", bucket + 5_000, 6.0, "good")]
     assert ("gw-a", "temperature", "p1", bucket, 2.0, 9.0, 24.0, 4) in fold.rollup_rows()

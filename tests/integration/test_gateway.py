@@ -92,12 +92,12 @@ def test_agent_killed_during_replay_resumes_without_loss_or_duplicates(
     assert seqs == list(range(seqs[0], last_seq + 1))  # nothing lost: every batch ever made arrived
     assert hub.scalar("SELECT count(*) FROM gaps") == 0
     per_batch = hub.query(
-        "SELECT b.seq, b.reading_count, count(r.seq) FROM batches b LEFT JOIN readings r USING (gateway_id, seq)"
+        "SELECT b.seq, b.reading_count, count(r.seq) FROM batches b LEFT JOIN series_readings r USING (gateway_id, seq)"
         " GROUP BY b.seq HAVING b.reading_count != count(r.seq)"
     )
     assert per_batch == []  # nothing doubled: each batch's readings stored exactly once
     doubled = hub.scalar(
-        "SELECT count(*) FROM (SELECT 1 FROM readings GROUP BY sensor_id, quantity, ts_ms HAVING count(*) > 1)"
+        "SELECT count(*) FROM (SELECT 1 FROM series_readings GROUP BY sensor_id, quantity, ts_ms HAVING count(*) > 1)"
     )
     assert doubled == 0
 

@@ -192,7 +192,9 @@ def test_every_panel_query_returns_series_with_its_labels(
     client = TestClient(broker.port)
     now_ms = int(time.time() * 1000)
     publish_contract_gateways(client, now_ms)
-    wait_until(lambda: hub.scalar("SELECT count(*) FROM readings WHERE gateway_id = ?", FREEZER) > 20, 30, "agent")
+    wait_until(
+        lambda: hub.scalar("SELECT count(*) FROM series_readings WHERE gateway_id = ?", FREEZER) > 20, 30, "agent"
+    )
     wait_until(
         lambda: hub.scalar("SELECT count(*) FROM alarms WHERE gateway_id = ? AND state != 'closed'", REEFER) >= 2,
         30,

@@ -37,8 +37,12 @@ def test_every_sampled_reading_is_stored_once_and_served_by_the_api(
 
     assert sampled >= 20 * 4
     assert_store_exact(hub, "gw-test-1", sampled, last_seq)
-    chiller = hub.query("SELECT avg(value) FROM readings WHERE sensor_id = 'chiller' AND quantity = 'temperature'")
-    freezer = hub.query("SELECT avg(value) FROM readings WHERE sensor_id = 'freezer' AND quantity = 'temperature'")
+    chiller = hub.query(
+        "SELECT avg(value) FROM series_readings WHERE sensor_id = 'chiller' AND quantity = 'temperature'"
+    )
+    freezer = hub.query(
+        "SELECT avg(value) FROM series_readings WHERE sensor_id = 'freezer' AND quantity = 'temperature'"
+    )
     assert 2.0 < float(chiller[0][0]) < 4.0  # type: ignore[arg-type]
     assert -19.0 < float(freezer[0][0]) < -17.0  # type: ignore[arg-type]  # negative values survive the chain
 

@@ -41,7 +41,7 @@ def test_a_hub_on_postgresql_killed_mid_stream_loses_and_doubles_nothing(
     kill_hub_twice_mid_stream(hub, agent)
     served = hub.get("/api/v1/readings/latest?gateway_id=gw-test-1").json()
     newest = hub.query(
-        "SELECT sensor_id, quantity, max(ts_ms) FROM readings WHERE gateway_id = ? GROUP BY sensor_id, quantity",
+        "SELECT sensor_id, quantity, max(ts_ms) FROM series_readings WHERE gateway_id = ? GROUP BY sensor_id, quantity",
         "gw-test-1",
     )
     served_ms = [

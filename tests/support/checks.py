@@ -33,10 +33,11 @@ def assert_store_exact(hub: Hub, gateway_id: str, sampled: int, last_seq: int) -
     """Every batch up to last_seq stored once, every sampled reading stored once, nothing else, in order."""
     seqs = [row[0] for row in hub.query("SELECT seq FROM batches WHERE gateway_id = ? ORDER BY seq", gateway_id)]
     assert seqs == list(range(seqs[0], last_seq + 1))  # a new buffer seeds its first seq from the clock
-    assert hub.scalar("SELECT count(*) FROM readings WHERE gateway_id = ?", gateway_id) == sampled
+    assert hub.scalar("SELECT count(*) FROM series_readings WHERE gateway_id = ?", gateway_id) == sampled
     assert hub.scalar("SELECT sum(reading_count) FROM batches WHERE gateway_id = ?", gateway_id) == sampled
     doubled = hub.scalar(
-        "SELECT count(*) FROM (SELECT 1 FROM readings GROUP BY sensor_id, quantity, ts_ms HAVING count(*) > 1) AS d"
+        "SELECT count(*) FROM (SELECT 1 FROM series_readings GROUP BY sensor_id, quantity, ts_ms"
+        " HAVING count(*) > 1) AS d"
     )
     assert doubled == 0
     assert hub.scalar("SELECT acked_seq FROM gateways WHERE gateway_id = ?", gateway_id) == last_seq
@@ -44,7 +45,7 @@ def assert_store_exact(hub: Hub, gateway_id: str, sampled: int, last_seq: int) -
     # in order: taken in seq order, each sensor's timestamps only go forward
     backwards = hub.scalar(
         "SELECT count(*) FROM (SELECT ts_ms < lag(ts_ms) OVER (PARTITION BY sensor_id, quantity ORDER BY seq, id)"
-        " AS back FROM readings WHERE gateway_id = ?) AS b WHERE back",
+        " AS back FROM series_readings WHERE gateway_id = ?) AS b WHERE back",
         gateway_id,
     )
     assert backwards == 0
