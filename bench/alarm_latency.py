@@ -14,9 +14,11 @@ first reading out of range (``alarm_dwell_s = 0``) and makes it critical on the 
 excursions. Each alarm gateway, in turn, ``--alarms`` times in all:
 
 1. publishes a batch with two readings at 8 °C (wall-clock timestamps) and notes the wall time;
-   (a) publish -> alarm committed: ``alarms.opened_ms`` (the hub's wall clock when it took the commit group,
-   just before judging and committing it) minus the publish time; and publish -> the hub's receipt for that
-   batch arriving on the gateway's ``ack`` topic (sent after the commit: an upper bound, one more broker hop);
+   (a) publish -> alarm committed, three ways: ``alarms.opened_ms`` (the hub's wall clock when it took the
+   commit group, just before judging and committing it: a lower bound) minus the publish time; the
+   receipt's ``ts_ms`` (the hub's wall clock when the commit holding the batch, and so the alarm, completed:
+   the figure itself, one machine's clock) minus it; and the receipt arriving on the gateway's ``ack``
+   topic (one broker hop more: an upper bound);
 2. right after the receipt, publishes the closing reading (2 °C): the excursion closes, the claim is
    committed with it and the outbox dispatcher posts it; (b) closing publish -> the receiver has accepted
    the claim (taken when its handler returns).
@@ -135,7 +137,7 @@ class Injector:
     """One paho client publishing the excursions (QoS 1) and watching the hub's receipts."""
 
     def __init__(self, port: int, gateways: list[str]) -> None:
-        self.receipts: dict[str, tuple[int, float]] = {}
+        self.receipts: dict[str, tuple[int, float, int]] = {}  # acked_seq, arrival (wall s), receipt ts_ms
         self.changed = threading.Condition()
         self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"inj-{uuid.uuid4().hex[:8]}")
         self.client.max_inflight_messages_set(100)
@@ -156,8 +158,8 @@ class Injector:
         now = time.time()
         receipt = decode(bytes(msg.payload), Receipt)
         with self.changed:
-            if receipt.acked_seq > self.receipts.get(receipt.gateway_id, (0, 0.0))[0]:
-                self.receipts[receipt.gateway_id] = (receipt.acked_seq, now)
+            if receipt.acked_seq > self.receipts.get(receipt.gateway_id, (0, 0.0, 0))[0]:
+                self.receipts[receipt.gateway_id] = (receipt.acked_seq, now, receipt.ts_ms)
             self.changed.notify_all()
 
     def publish(self, batch: TelemetryBatch) -> float:
@@ -167,15 +169,18 @@ class Injector:
         self.client.publish(f"cc/v1/gw/{batch.gateway_id}/telemetry", payload, qos=1)
         return sent
 
-    def wait_receipt(self, gateway_id: str, seq: int, timeout_s: float) -> float | None:
+    def wait_receipt(self, gateway_id: str, seq: int, timeout_s: float) -> tuple[float, int] | None:
+        """The first receipt covering ``seq``: when it arrived (wall s) and its ``ts_ms``, the hub's
+        wall clock when the commit that stored ``seq`` completed."""
         deadline = time.monotonic() + timeout_s
         with self.changed:
-            while self.receipts.get(gateway_id, (0, 0.0))[0] < seq:
+            while self.receipts.get(gateway_id, (0, 0.0, 0))[0] < seq:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return None
                 self.changed.wait(remaining)
-            return self.receipts[gateway_id][1]
+            _, arrived, committed_ms = self.receipts[gateway_id]
+            return arrived, committed_ms
 
     def close(self) -> None:
         self.client.disconnect()
@@ -188,6 +193,7 @@ class Sample:
     started_ms: int
     open_published: float
     receipt: float | None
+    committed_ms: int | None = None
     close_published: float | None = None
     claim: float | None = None
     opened_ms: int | None = None
@@ -228,7 +234,9 @@ def cycle(
         ]
         sample = Sample(gateway_id, ts, injector.publish(TelemetryBatch(gateway_id, boot, seq, 1, readings)), None)
         samples.append(sample)
-        sample.receipt = injector.wait_receipt(gateway_id, seq, 60)
+        receipt = injector.wait_receipt(gateway_id, seq, 60)
+        if receipt is not None:
+            sample.receipt, sample.committed_ms = receipt
         seq += 1
         last_ts = max(int(time.time() * 1000), ts + 2)
         closing = [Reading("chiller", Quantity.TEMPERATURE, last_ts, 2.0)]
@@ -420,19 +428,21 @@ def main() -> None:
         )
         print(
             f"{'load':>5} {'offered/s':>10} {'stored/s':>9} {'n':>4} | {'publish -> opened_ms':^26} |"
-            f" {'publish -> receipt':^26} | {'close -> webhook':^26} | backlog, cores hub/broker/gen"
+            f" {'publish -> committed':^26} | {'publish -> receipt':^26} | {'close -> webhook':^26} |"
+            " backlog, cores hub/broker/gen"
         )
         quantiles = f"{'p50':>8} {'p99':>8} {'max':>8}"
-        print(f"{'':>31} | {quantiles} | {quantiles} | {quantiles} |")
+        print(f"{'':>31} | {quantiles} | {quantiles} | {quantiles} | {quantiles} |")
         for r in results:
             opened = [s.opened_ms - s.open_published * 1000 for s in r.samples if s.opened_ms is not None]
+            committed = [s.committed_ms - s.open_published * 1000 for s in r.samples if s.committed_ms is not None]
             receipt = [(s.receipt - s.open_published) * 1000 for s in r.samples if s.receipt is not None]
             claim = [
                 (s.claim - s.close_published) * 1000 for s in r.samples if s.claim is not None and s.close_published
             ]
             print(
                 f"{r.level:>5.0%} {r.offered:>10,.0f} {r.achieved:>9,.0f} {len(r.samples):>4} | {describe(opened)} |"
-                f" {describe(receipt)} | {describe(claim)} | {r.backlog_end:,} readings,"
+                f" {describe(committed)} | {describe(receipt)} | {describe(claim)} | {r.backlog_end:,} readings,"
                 f" {r.cores.get('hub', 0):.2f}/{r.cores.get('broker', 0):.2f}/{r.cores.get('generator', 0):.2f}"
             )
             missing = [s for s in r.samples if s.opened_ms is None or s.claim is None or s.receipt is None]

@@ -216,7 +216,8 @@ Observation = Reading | TagRead | GpsFix
 
 
 class Receipt(msgspec.Struct, tag_field="schema", tag="cc.receipt/1", frozen=True, forbid_unknown_fields=True):
-    """The hub's end-to-end receipt: every seq up to ``acked_seq`` is committed (or declared lost)."""
+    """The hub's end-to-end receipt: every seq up to ``acked_seq`` is committed (or declared lost);
+    ``ts_ms`` is the hub's wall clock when that commit completed."""
 
     gateway_id: GatewayId
     acked_seq: Annotated[int, msgspec.Meta(ge=0, le=MAX_SEQ)]

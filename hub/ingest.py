@@ -303,8 +303,9 @@ class IngestPipeline:
             log.warning("gateway %s released seqs %d..%d unreceipted", gap.gateway_id, gap.first_seq, gap.last_seq)
         # Only committed groups are timed; a failed one is counted as a commit failure and timed on its retry.
         self._timings.observe_commit(time.perf_counter() - prepared.started)
+        committed_ms = int(self._wall_clock() * 1000)  # the receipt's time: when what it vouches for was stored
         return [
-            Receipt(gateway_id=gateway_id, acked_seq=cursor.acked_seq, ts_ms=prepared.now_ms)
+            Receipt(gateway_id=gateway_id, acked_seq=cursor.acked_seq, ts_ms=committed_ms)
             for gateway_id, cursor in plan.cursors.items()
         ]
 

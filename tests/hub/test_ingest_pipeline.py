@@ -5,6 +5,7 @@ Dedup across groups and restarts, receipts, rejections, atomicity.
 
 from __future__ import annotations
 
+import itertools
 import sqlite3
 from contextlib import closing
 
@@ -134,6 +135,22 @@ def test_reading_ids_follow_commit_order_batch_by_batch_and_series_by_series(hub
     rows = hub.query("SELECT id, gateway_id, seq, sensor_id, ts_ms FROM series_readings ORDER BY id")
     assert [row[1:] for row in rows] == expected
     assert [row[0] for row in rows] == list(range(rows[0][0], rows[0][0] + len(expected)))
+
+
+def test_a_receipt_carries_the_time_its_commit_completed(database_url):
+    """Receipts vouch for what is stored, so their time is the commit's end, not the group's start
+    (``batches.received_ms``); bench/alarm_latency.py times commits by it."""
+    ticks = itertools.count()
+    writer = IngestWriter(database_url)
+    try:
+        pipeline = IngestPipeline(writer, wall_clock=lambda: NOW_S + next(ticks))
+        [receipt] = pipeline.process([telemetry("gw-1", 1)])
+        [(received_ms,)] = query(database_url, "SELECT received_ms FROM batches")
+        assert receipt.ts_ms > received_ms
+        assert receipt.ts_ms == int((NOW_S + next(ticks) - 1) * 1000)  # the last time taken before returning
+    finally:
+        writer.close()
+        writer.database.dispose()
 
 
 def test_repeated_groups_store_each_batch_once(hub):
