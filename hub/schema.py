@@ -104,10 +104,8 @@ readings = Table(
     Column("seq", BigInteger, nullable=False),
     Index("readings_series", "series_id", "ts_ms"),
 )
-
-SERIES_READINGS_VIEW: Final = "series_readings"
-"""Readings with their series spelled out (``gateway_id``, ``sensor_id``, ``quantity``): what readers and
-people at a SQL prompt query; made by the migrations (SQLAlchemy's metadata has no views)."""
+# Readers query the view ``series_readings`` (readings with gateway_id, sensor_id and quantity spelled
+# out), made by migration 0002: SQLAlchemy's metadata has no views.
 
 latest = Table(
     "latest",

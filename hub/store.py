@@ -104,9 +104,8 @@ class IngestWriter:
         self._conn = self.database.writer()
         self._alarms = alarms
         # Ids of the series in the table, read back by this writer: only committed ones are kept here.
-        self._series_ids: dict[LatestKey, int] = {}
         with self.transaction() as conn:
-            self._series_ids.update(_series_ids(conn))
+            self._series_ids = _series_ids(conn)
 
     @contextmanager
     def transaction(self) -> Iterator[Connection]:
@@ -147,8 +146,8 @@ class IngestWriter:
         """Write a plan's batches, gaps and cursors, rejections, side messages and the alarm changes
         the findings cause, atomically; return the alarm changes.
 
-        ``fold`` holds the rollups and latest values of ``plan.new_batches`` (ingest folds
-        them on the thread that prepares the group, beside the judging).
+        ``fold`` holds the readings of ``plan.new_batches`` by series run, with their rollups and latest
+        values (ingest folds them on the thread that prepares the group, beside the judging).
         """
         new_series: dict[LatestKey, int] = {}
         try:
@@ -229,17 +228,16 @@ class IngestWriter:
         return reading_id
 
     def _series_ids_of(self, keys: Sequence[LatestKey], new_series: dict[LatestKey, int]) -> Mapping[LatestKey, int]:
-        """The ids of ``keys``, the series a commit's readings belong to; those not known yet are inserted
-        (if no other transaction did) and read back into ``new_series``, kept once the commit is in."""
-        known = self._series_ids
-        missing = [key for key in keys if key not in known and key not in new_series]
+        """The ids of ``keys``, the series of a commit's readings. Those not known yet are inserted (if
+        no other transaction did) and read back; they go into ``new_series``, kept once the commit is in."""
+        missing = [key for key in keys if key not in self._series_ids]
         if not missing:
-            return known if not new_series else {**known, **new_series}
+            return self._series_ids
         _insert_json(self._conn, _SERIES_COLUMNS, [(g, s, str(q)) for g, s, q in missing], _SERIES_CONFLICT)
-        # A new series is rare (a probe's first reading): all of them are read back, not just these.
+        # A new series is rare (a probe's first reading): the table is read back whole, not just these.
         stored = _series_ids(self._conn)
         new_series.update((key, stored[key]) for key in missing)
-        return {**known, **new_series}
+        return stored
 
     def load_checkpoint(self) -> tuple[int, bytes] | None:
         """The last detector checkpoint (readings id, state), if any."""

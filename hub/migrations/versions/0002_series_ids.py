@@ -23,6 +23,8 @@ branch_labels = None
 depends_on = None
 
 _ROW_ID = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+_SERIES_KEY = ("gateway_id", "sensor_id", "quantity")
+"""The text columns a reading named its series by before this revision."""
 
 CREATE_VIEW = (
     "CREATE VIEW series_readings AS SELECT r.id, s.gateway_id, s.sensor_id, s.quantity, r.ts_ms, r.value,"
@@ -34,13 +36,9 @@ def upgrade() -> None:
     op.create_table(
         "series",
         sa.Column("series_id", _ROW_ID, autoincrement=True, nullable=False),
-        sa.Column("gateway_id", sa.Text(), nullable=False),
-        sa.Column("sensor_id", sa.Text(), nullable=False),
-        sa.Column("quantity", sa.Text(), nullable=False),
+        *_series_key_columns(),
         sa.PrimaryKeyConstraint("series_id", name=op.f("series_pkey")),
-        sa.UniqueConstraint(
-            "gateway_id", "sensor_id", "quantity", name=op.f("series_gateway_id_sensor_id_quantity_key")
-        ),
+        sa.UniqueConstraint(*_SERIES_KEY, name=op.f("series_gateway_id_sensor_id_quantity_key")),
     )
     # Series numbered in the order they first appeared; the old index serves the GROUP BY.
     op.execute(
@@ -61,7 +59,7 @@ def upgrade() -> None:
             " WHERE s.gateway_id = r.gateway_id AND s.sensor_id = r.sensor_id AND s.quantity = r.quantity"
         )
         op.alter_column("readings", "series_id", nullable=False)
-        for column in ("gateway_id", "sensor_id", "quantity"):
+        for column in _SERIES_KEY:
             op.drop_column("readings", column)
     op.create_index("readings_series", "readings", ["series_id", "ts_ms"], unique=False)
     op.execute(CREATE_VIEW)
@@ -72,22 +70,26 @@ def downgrade() -> None:
     op.drop_index("readings_series", table_name="readings")
     if op.get_bind().dialect.name == "sqlite":
         _rebuild_readings(
-            [sa.Column(column, sa.Text(), nullable=False) for column in ("gateway_id", "sensor_id", "quantity")],
+            _series_key_columns(),
             "SELECT r.id, s.gateway_id, s.sensor_id, s.quantity, r.ts_ms, r.value, r.quality, r.seq"
             " FROM readings r JOIN series s ON s.series_id = r.series_id",
         )
     else:
-        for column in ("gateway_id", "sensor_id", "quantity"):
+        for column in _SERIES_KEY:
             op.add_column("readings", sa.Column(column, sa.Text(), nullable=True))
         op.execute(
             "UPDATE readings r SET gateway_id = s.gateway_id, sensor_id = s.sensor_id, quantity = s.quantity"
             " FROM series s WHERE s.series_id = r.series_id"
         )
-        for column in ("gateway_id", "sensor_id", "quantity"):
+        for column in _SERIES_KEY:
             op.alter_column("readings", column, nullable=False)
         op.drop_column("readings", "series_id")
-    op.create_index("readings_series", "readings", ["gateway_id", "sensor_id", "quantity", "ts_ms"], unique=False)
+    op.create_index("readings_series", "readings", [*_SERIES_KEY, "ts_ms"], unique=False)
     op.drop_table("series")
+
+
+def _series_key_columns() -> list[sa.Column[object]]:
+    return [sa.Column(column, sa.Text(), nullable=False) for column in _SERIES_KEY]
 
 
 def _rebuild_readings(series_columns: list[sa.Column[object]], select: str) -> None:
