@@ -58,8 +58,12 @@ from hub.store import IngestWriter, Rejection, SideMessage
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-GROUP_MAX_MESSAGES: Final = 500
-"""Messages per transaction: large enough to amortise the fsync, small enough to ack promptly."""
+GROUP_MAX_MESSAGES: Final = 5000
+"""Messages per transaction. Small batches pay the per-transaction costs too: at 10 readings per batch a
+500-message group held 5,000 readings and drained 40,000-49,000 readings/s, a 5,000-message one (bytes
+bound it from 20 readings per batch up) 54,000-73,000. At one reading per batch, where a group is nothing
+but messages, 5,000 take about half a second of work, as long as a full group of 500-reading batches
+(bench/ingest_e2e.py --ingest group_max_messages=N; docs/benchmarks.md)."""
 GROUP_MAX_BYTES: Final = 2 * 1024 * 1024
 """Payload bytes per transaction (about 45,000 readings, a quarter of a second of work): SQLite's fsync and
 index pages are paid per transaction, so draining a backlog at 500 readings per batch ran 1.2-1.36x faster
@@ -190,6 +194,11 @@ class PreparedGroup:
     now_ms: int
     started: float
     """``time.perf_counter()`` when preparing began: the commit timing covers the whole group."""
+    tick_findings: list[Finding] | None = None
+    """A tick rides on this group: its time-driven findings (as of the groups before), applied with the due
+    escalations ahead of the group in its commit."""
+    checkpoint: bytes | None = None
+    """The detectors' state once they judged this group, saved by its commit as of its last reading."""
 
 
 class IngestPipeline:
@@ -233,12 +242,17 @@ class IngestPipeline:
             self.rewind()
             raise
 
-    def prepare(self, group: Sequence[Inbound]) -> PreparedGroup:
+    def prepare(self, group: Sequence[Inbound], *, tick: bool = False, checkpoint: bool = False) -> PreparedGroup:
         """Validate, deduplicate and judge ``group``, ready for ``commit``.
 
         The ledger and the detectors move past the group at once, so the next group can be prepared
         while this one commits on another thread. If a commit fails, everything prepared after it was
         prepared on top of it: ``rewind`` before preparing again.
+
+        With ``tick`` the group carries what ``tick`` would commit (time-driven findings, as of the groups
+        before it, and the due escalations), with ``checkpoint`` what ``checkpoint`` would save: its commit
+        does that work, so a busy hub never stops preparing for it. If that commit fails the work is not
+        redone when the group is committed again; the next tick or checkpoint does it.
         """
         if self.before_commit is not None:
             self.before_commit()
@@ -263,11 +277,17 @@ class IngestPipeline:
         plan = self._ledger.plan(batches)
         self._ledger.apply(plan)
         now_ms = int(self._wall_clock() * 1000)
+        tick_findings = None
+        if tick:  # before judging: it sees what the groups before this one brought, as a tick between them would
+            tick_findings = self._detectors.tick(now_ms) if self._detectors is not None else []
         judging = time.perf_counter()
         findings, fold = self._judge_and_fold(plan.new_batches)
         if self._detectors is not None:  # a hub without profiles judges nothing: no zero-length samples
             self._timings.observe_detectors(time.perf_counter() - judging)
-        return PreparedGroup(len(group), plan, rejections, side_messages, findings, fold, now_ms, started)
+        snapshot = self._detectors.snapshot() if checkpoint and self._detectors is not None else None
+        return PreparedGroup(
+            len(group), plan, rejections, side_messages, findings, fold, now_ms, started, tick_findings, snapshot
+        )
 
     def commit(self, prepared: PreparedGroup) -> list[Receipt]:
         """Commit a prepared group atomically and return the receipts to publish.
@@ -284,6 +304,8 @@ class IngestPipeline:
                 prepared.now_ms,
                 findings=prepared.findings,
                 fold=prepared.fold,
+                tick_findings=prepared.tick_findings,
+                checkpoint=prepared.checkpoint,
             )
         self._report(changes)
 
@@ -571,8 +593,10 @@ class MqttIngest:
 
         Judging holds the GIL; SQLite's insert of a group's readings does not (one statement, see
         ``hub.store``), so the two overlap on two cores. At most one group commits while the next is
-        prepared; ticks and checkpoints wait until nothing is in flight, so they see exactly what is
-        committed.
+        prepared. A tick or checkpoint that falls due rides on the next group (``IngestPipeline.prepare``):
+        waiting for the commit in flight to do it alone left a gap in the work every few seconds, and at
+        80 % load a backlog that takes four times the gap to clear (docs/decisions.md). With no group to
+        ride on, it runs on its own once nothing is in flight.
         """
         next_tick = time.monotonic()
         next_checkpoint = time.monotonic() + CHECKPOINT_INTERVAL_S
@@ -580,23 +604,20 @@ class MqttIngest:
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="hub-ingest-writer") as writer:
             while not self._stop.is_set():
                 now = time.monotonic()
-                if now >= next_tick or now >= next_checkpoint:
-                    if not self._settle_last(in_flight):
-                        return
-                    in_flight = None
-                    self._periodic(tick=now >= next_tick, checkpoint=now >= next_checkpoint)
-                    if now >= next_tick:
-                        next_tick = now + TICK_INTERVAL_S
-                    if now >= next_checkpoint:
-                        next_checkpoint = now + CHECKPOINT_INTERVAL_S
+                tick, checkpoint = now >= next_tick, now >= next_checkpoint
+                if tick:
+                    next_tick = now + TICK_INTERVAL_S
+                if checkpoint:
+                    next_checkpoint = now + CHECKPOINT_INTERVAL_S
                 self._publish_waiting_receipts()
-                group = self._next_group(INBOX_POLL_S if in_flight is None else 0.0)
+                group = self._next_group(INBOX_POLL_S if in_flight is None and not (tick or checkpoint) else 0.0)
                 if not group:
                     if not self._settle_last(in_flight):
                         return
                     in_flight = None
+                    self._periodic(tick=tick, checkpoint=checkpoint)
                     continue
-                prepared = self._pipeline.prepare(group)
+                prepared = self._pipeline.prepare(group, tick=tick, checkpoint=checkpoint)
                 if in_flight is not None:
                     settled = self._settle(in_flight, [group])
                     in_flight = None
@@ -669,7 +690,8 @@ class MqttIngest:
                 self._publish_receipt(receipt)
 
     def _periodic(self, *, tick: bool, checkpoint: bool) -> None:
-        """Silence and escalations, and the detectors' checkpoint; only with no commit in flight."""
+        """Silence and escalations, and the detectors' checkpoint, with no group to ride on and no commit
+        in flight."""
         if tick:
             try:
                 self._pipeline.tick()

@@ -142,16 +142,24 @@ class IngestWriter:
         *,
         fold: SeriesFold,
         findings: Sequence[Finding] = (),
+        tick_findings: Sequence[Finding] | None = None,
+        checkpoint: bytes | None = None,
     ) -> list[AlarmChange]:
         """Write a plan's batches, gaps and cursors, rejections, side messages and the alarm changes
         the findings cause, atomically; return the alarm changes.
 
         ``fold`` holds the readings of ``plan.new_batches`` by series run, with their rollups and latest
         values (ingest folds them on the thread that prepares the group, beside the judging).
+
+        The periodic work can ride on a commit that was going to happen anyway: with ``tick_findings``
+        this transaction first does what ``commit_tick`` would have done just before it, and a
+        ``checkpoint`` (the detectors' state once they judged these batches) is saved as of its last
+        reading, as ``save_checkpoint`` would have done just after it.
         """
         new_series: dict[LatestKey, int] = {}
         try:
             with self.transaction() as conn:
+                changes = self._apply_tick(conn, tick_findings, now_ms) if tick_findings is not None else []
                 self._write_batches(plan.new_batches, now_ms, fold, new_series)
                 self._write_cursors(plan.cursors, now_ms)
                 _bulk_insert(
@@ -176,7 +184,10 @@ class IngestWriter:
                 )
                 for message in side_messages:
                     self._write_side_message(message, now_ms)
-                changes = self._alarms.apply(conn, findings, now_ms) if self._alarms and findings else []
+                if self._alarms and findings:
+                    changes += self._alarms.apply(conn, findings, now_ms)
+                if checkpoint is not None:
+                    _save_checkpoint(conn, checkpoint, now_ms)
         except StoreError as exc:
             raise StoreError(f"commit of {len(plan.new_batches)} batches failed: {exc}") from exc
         # Only now: a series inserted by a transaction that rolled back has no row, and its id may be reused.
@@ -188,7 +199,12 @@ class IngestWriter:
         if self._alarms is None:
             return []
         with self.transaction() as conn:
-            return self._alarms.apply(conn, findings, now_ms) + self._alarms.escalate_due(conn, now_ms)
+            return self._apply_tick(conn, findings, now_ms)
+
+    def _apply_tick(self, conn: Connection, findings: Sequence[Finding], now_ms: int) -> list[AlarmChange]:
+        if self._alarms is None:
+            return []
+        return self._alarms.apply(conn, findings, now_ms) + self._alarms.escalate_due(conn, now_ms)
 
     def recent_readings(self, since_ms: int) -> Iterator[tuple[str, Reading]]:
         """Readings newer than ``since_ms`` in time order (warm-up when there is no checkpoint)."""
@@ -216,16 +232,7 @@ class IngestWriter:
     def save_checkpoint(self, state: bytes, now_ms: int) -> int:
         """Store the detectors' state as of the last committed reading; return that reading's id."""
         with self.transaction() as conn:
-            reading_id = int(conn.execute(text("SELECT coalesce(max(id), 0) FROM readings")).scalar_one())
-            conn.execute(
-                text(
-                    "INSERT INTO detector_checkpoint (id, readings_id, taken_ms, state) VALUES (1, :id, :now, :state)"
-                    " ON CONFLICT (id) DO UPDATE SET readings_id = excluded.readings_id,"
-                    " taken_ms = excluded.taken_ms, state = excluded.state"
-                ),
-                {"id": reading_id, "now": now_ms, "state": state},
-            )
-        return reading_id
+            return _save_checkpoint(conn, state, now_ms)
 
     def _series_ids_of(self, keys: Sequence[LatestKey], new_series: dict[LatestKey, int]) -> Mapping[LatestKey, int]:
         """The ids of ``keys``, the series of a commit's readings. Those not known yet are inserted (if
@@ -562,6 +569,20 @@ def _insert_json(
         table, columns = target
         statement = _json_insert_sql(table, columns, conn.dialect, on_conflict)
         conn.exec_driver_sql(statement, (_JSON_ROWS.encode(rows).decode(),))
+
+
+def _save_checkpoint(conn: Connection, state: bytes, now_ms: int) -> int:
+    """Store the detectors' state as of the last reading in ``conn``'s view; return that reading's id."""
+    reading_id = int(conn.execute(text("SELECT coalesce(max(id), 0) FROM readings")).scalar_one())
+    conn.execute(
+        text(
+            "INSERT INTO detector_checkpoint (id, readings_id, taken_ms, state) VALUES (1, :id, :now, :state)"
+            " ON CONFLICT (id) DO UPDATE SET readings_id = excluded.readings_id,"
+            " taken_ms = excluded.taken_ms, state = excluded.state"
+        ),
+        {"id": reading_id, "now": now_ms, "state": state},
+    )
+    return reading_id
 
 
 def _series_ids(conn: Connection) -> dict[LatestKey, int]:

@@ -69,12 +69,16 @@ class Hub:
         )
 
     def send(self, gateway_id: str, readings: list[Reading] = (), tag_reads: list[TagRead] = ()) -> None:  # type: ignore[assignment]
+        self.pipeline.process([self.message(gateway_id, readings, tag_reads)])
+
+    def message(self, gateway_id: str, readings: list[Reading] = (), tag_reads: list[TagRead] = ()) -> Inbound:  # type: ignore[assignment]
+        """The gateway's next batch as the hub receives it (noted in ``sent``), not yet ingested."""
         seq = self.seq.get(gateway_id, 0) + 1
         self.seq[gateway_id] = seq
         batch = TelemetryBatch(gateway_id, BOOT, seq, 1, list(readings), list(tag_reads))
         message = Inbound(topic_for(gateway_id, Channel.TELEMETRY), encode(batch), int(self.clock.now * 1000))
         self.sent.append(message)
-        self.pipeline.process([message])
+        return message
 
     def temperatures(self, gateway_id: str, sensor: str, start_s: int, values: list[float], step_s: int = 10) -> None:
         """Send ``values`` every ``step_s`` from ``start_s`` after T0, advancing the wall clock with them."""
@@ -219,6 +223,46 @@ def test_unacknowledged_alarms_escalate_and_acknowledgements_expire(database_url
     hub.clock.now += 1801  # acknowledged more than an hour ago and still active: not silenced forever
     hub.pipeline.tick()
     assert hub.rows("SELECT state FROM alarms WHERE alarm_id = :alarm_id", alarm_id=alarm_id) == [("open",)]
+
+
+def test_a_tick_riding_on_a_group_commits_what_a_tick_just_before_it_would(database_url: str, tmp_path: Path) -> None:
+    # A busy hub does its tick in the next group's commit (hub/ingest.py MqttIngest._ingest_loop).
+    settings = AlarmSettings(notify=["ops"], escalate_after_s=600, ack_expires_after_s=3600)
+    riding, alone = Hub(database_url, settings), Hub(f"sqlite:///{tmp_path / 'alone.sqlite3'}", settings)
+    for hub in (riding, alone):
+        hub.temperatures("gw-reefer", "reefer-front", 0, [2.0] * 10)  # then nothing: silent after 600 s
+        hub.temperatures("gw-reefer", "reefer-rear", 0, [2.0] * 10 + [9.0] * 100)  # an excursion, not acknowledged
+        hub.clock.now += 601  # the excursion's escalation is due
+    back_to_normal = [Reading("reefer-rear", Quantity.TEMPERATURE, T0 + (1100 + 10 * i) * 1000, 2.0) for i in range(60)]
+
+    alone.pipeline.tick()
+    alone.send("gw-reefer", back_to_normal)
+    riding.pipeline.commit(riding.pipeline.prepare([riding.message("gw-reefer", back_to_normal)], tick=True))
+
+    alarms = "SELECT sensor_id, kind, severity, state, escalations, message FROM alarms ORDER BY sensor_id, kind, state"
+    outbox = "SELECT kind, count(*) FROM outbox GROUP BY kind ORDER BY kind"
+    assert riding.rows(alarms) == alone.rows(alarms)
+    assert riding.rows(outbox) == alone.rows(outbox)
+    # What the comparison covers: the tick's silence, its escalation, and the group closing the excursion after it.
+    found = {(sensor, kind, state, escalations) for sensor, kind, _, state, escalations, _ in riding.rows(alarms)}
+    assert ("reefer-front", "silent_sensor", "open", 0) in found, found
+    assert ("reefer-rear", "out_of_range", "closed", 1) in found, found
+
+
+def test_a_checkpoint_riding_on_a_group_is_saved_as_of_its_last_reading(hub: Hub) -> None:
+    hub.temperatures("gw-reefer", "reefer-rear", 0, [2.0] * 60)  # committed before, without a checkpoint
+    readings = [Reading("reefer-rear", Quantity.TEMPERATURE, T0 + (600 + 10 * i) * 1000, 9.0) for i in range(30)]
+    prepared = hub.pipeline.prepare([hub.message("gw-reefer", readings)], checkpoint=True)
+    assert prepared.checkpoint is not None
+    hub.pipeline.commit(prepared)
+
+    assert hub.writer.load_checkpoint() == (hub.rows("SELECT max(id) FROM readings")[0][0], prepared.checkpoint)
+    hub.start()  # a restart replays nothing: the checkpoint already holds every committed reading
+    assert hub.pipeline.warmup_readings == 0
+    hub.temperatures("gw-reefer", "reefer-rear", 900, [9.0] * 400)  # the excursion the state carried on goes on
+    assert hub.rows("SELECT kind, severity, state FROM alarms WHERE kind = 'out_of_range'") == [
+        ("out_of_range", "critical", "open")
+    ]
 
 
 def test_a_normal_cold_room_day_gives_no_alarm(hub: Hub) -> None:

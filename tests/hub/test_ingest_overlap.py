@@ -13,7 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as paho
+import pytest
 
+import hub.ingest
 from coldchain.messages import Quantity, Reading, TelemetryBatch, encode
 from coldchain.mqtt import MqttConfig
 from coldchain.topics import Channel, topic_for
@@ -89,19 +91,37 @@ def committed(url: str) -> dict[str, list[tuple[Any, ...]]]:
 
 
 class RecordingPipeline(IngestPipeline):
-    """Notes the seq of every group it prepares."""
+    """Notes the seq of every group it prepares, and the seqs of those a tick rode on."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.prepared_seqs: list[int] = []
+        self.ticked_seqs: list[int] = []
         self.prepared_second = threading.Event()
 
-    def prepare(self, group: Sequence[Inbound]) -> PreparedGroup:
-        prepared = super().prepare(group)
-        self.prepared_seqs += [batch.seq for batch in prepared.plan.new_batches]
+    def prepare(self, group: Sequence[Inbound], *, tick: bool = False, checkpoint: bool = False) -> PreparedGroup:
+        prepared = super().prepare(group, tick=tick, checkpoint=checkpoint)
+        seqs = [batch.seq for batch in prepared.plan.new_batches]
+        self.prepared_seqs += seqs
+        if tick:
+            self.ticked_seqs += seqs
         if 2 in self.prepared_seqs:
             self.prepared_second.set()
         return prepared
+
+
+def gated_ingest(url: str) -> tuple[GatedWriter, RecordingPipeline, MqttIngest]:
+    """An ingest thread running on ``url`` with every message of ``messages()`` delivered, one group each;
+    commits are held until the test opens ``writer.gate``."""
+    writer = writer_for(url, GatedWriter)
+    assert isinstance(writer, GatedWriter)
+    pipeline = pipeline_for(writer, RecordingPipeline)
+    assert isinstance(pipeline, RecordingPipeline)
+    ingest = MqttIngest(pipeline, MqttConfig(), IngestConfig(group_max_messages=1))
+    for mid, message in enumerate(messages(), start=1):
+        ingest._on_message(ingest._client, None, as_delivered(message, mid))
+    ingest._ingest_thread.start()
+    return writer, pipeline, ingest
 
 
 def test_the_reference_run_opens_and_closes_an_excursion(tmp_path: Path) -> None:
@@ -122,14 +142,7 @@ def test_a_commit_failing_while_the_next_group_is_prepared_loses_nothing_and_jud
     for message in messages():
         sequential.process([message])
 
-    writer = writer_for(database_url, GatedWriter)
-    assert isinstance(writer, GatedWriter)
-    pipeline = pipeline_for(writer, RecordingPipeline)
-    assert isinstance(pipeline, RecordingPipeline)
-    ingest = MqttIngest(pipeline, MqttConfig(), IngestConfig(group_max_messages=1))
-    for mid, message in enumerate(messages(), start=1):
-        ingest._on_message(ingest._client, None, as_delivered(message, mid))
-    ingest._ingest_thread.start()
+    writer, pipeline, ingest = gated_ingest(database_url)
     try:
         assert writer.entered.wait(10)
         # Group 1's commit is held: group 2 is prepared beside it (judged, planned) all the same.
@@ -148,4 +161,25 @@ def test_a_commit_failing_while_the_next_group_is_prepared_loses_nothing_and_jud
     assert pipeline.prepared_seqs[:2] == [1, 2]
     assert pipeline.prepared_seqs[-4:] == [1, 2, 3, 4], pipeline.prepared_seqs
     assert committed(database_url) == committed(reference)
+    assert pipeline.stats.snapshot()["readings_stored"] == sum(map(len, PLAN))
+
+
+def test_a_tick_falling_due_while_a_commit_is_in_flight_rides_on_the_next_group_without_waiting(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(hub.ingest, "TICK_INTERVAL_S", 0.0)  # a tick falls due before every group
+    writer, pipeline, ingest = gated_ingest(f"sqlite:///{tmp_path / 'hub.sqlite3'}")
+    try:
+        assert writer.entered.wait(10)
+        # Group 1's commit is held. Waiting for it to tick alone would stop the work until it ends;
+        # instead group 2 is prepared beside it, carrying the tick.
+        assert pipeline.prepared_second.wait(10), pipeline.prepared_seqs
+        assert pipeline.ticked_seqs[:2] == [1, 2]
+        assert pipeline.stats.snapshot().get("messages", 0) == 0  # and group 1 is still not committed
+        writer.gate.set()
+        wait_until(lambda: ingest.backlog().messages == 0, 20, "the groups were not committed")
+    finally:
+        writer.gate.set()
+        ingest.stop()
+    assert pipeline.ticked_seqs == [1, 2, 3, 4]
     assert pipeline.stats.snapshot()["readings_stored"] == sum(map(len, PLAN))
