@@ -286,7 +286,16 @@ class IngestPipeline:
             self._timings.observe_detectors(time.perf_counter() - judging)
         snapshot = self._detectors.snapshot() if checkpoint and self._detectors is not None else None
         return PreparedGroup(
-            len(group), plan, rejections, side_messages, findings, fold, now_ms, started, tick_findings, snapshot
+            len(group),
+            plan,
+            rejections,
+            side_messages,
+            findings,
+            fold,
+            now_ms,
+            started,
+            tick_findings=tick_findings,
+            checkpoint=snapshot,
         )
 
     def commit(self, prepared: PreparedGroup) -> list[Receipt]:

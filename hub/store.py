@@ -202,6 +202,7 @@ class IngestWriter:
             return self._apply_tick(conn, findings, now_ms)
 
     def _apply_tick(self, conn: Connection, findings: Sequence[Finding], now_ms: int) -> list[AlarmChange]:
+        """A tick's findings and the due escalations, in ``conn``'s transaction (none without alarms)."""
         if self._alarms is None:
             return []
         return self._alarms.apply(conn, findings, now_ms) + self._alarms.escalate_due(conn, now_ms)
