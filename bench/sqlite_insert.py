@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import itertools
 import platform
 import sqlite3
 import statistics
@@ -49,23 +50,17 @@ READINGS_COLUMNS = ("series_id", "ts_ms", "value", "quality", "seq")
 VALUES_MAX_ROWS = 2048
 
 
-def flat_rows(readings_json: bytes) -> list[Any]:
-    """A commit's readings as ``(series_id, ts_ms, value, quality, seq)`` rows laid end to end, in commit order."""
+def reading_rows(readings_json: bytes) -> list[tuple[Any, ...]]:
+    """A commit's readings as ``(series_id, ts_ms, value, quality, seq)`` rows, in commit order."""
     return [
-        field
+        (series_id, ts_ms, value, quality, seq)
         for seq, series_id, run in msgspec.json.decode(readings_json)
         for _, _, ts_ms, value, quality in run
-        for field in (series_id, ts_ms, value, quality, seq)
     ]
 
 
 def insert_json(conn: Connection, readings_json: bytes) -> None:
     conn.exec_driver_sql(_INSERT_READINGS_SQL["sqlite"], (readings_json.decode(),))
-
-
-def prepare_executemany(readings_json: bytes) -> list[tuple[Any, ...]]:
-    flat, width = flat_rows(readings_json), len(READINGS_COLUMNS)
-    return [tuple(flat[n : n + width]) for n in range(0, len(flat), width)]
 
 
 def insert_executemany(conn: Connection, rows: list[tuple[Any, ...]]) -> None:
@@ -80,13 +75,13 @@ def values_sql(count: int) -> str:
 
 def prepare_values(readings_json: bytes) -> list[tuple[int, tuple[Any, ...]]]:
     """Statements of a power of two of rows (at most ``VALUES_MAX_ROWS``) and their parameters."""
-    flat, width = flat_rows(readings_json), len(READINGS_COLUMNS)
+    rows = reading_rows(readings_json)
     statements = []
-    start, left = 0, len(flat) // width
-    while left:
-        count = min(VALUES_MAX_ROWS, 1 << (left.bit_length() - 1))
-        statements.append((count, tuple(flat[start : start + count * width])))
-        start, left = start + count * width, left - count
+    start = 0
+    while start < len(rows):
+        count = min(VALUES_MAX_ROWS, 1 << ((len(rows) - start).bit_length() - 1))
+        statements.append((count, tuple(itertools.chain.from_iterable(rows[start : start + count]))))
+        start += count
     return statements
 
 
@@ -98,7 +93,7 @@ def insert_values(conn: Connection, statements: list[tuple[int, tuple[Any, ...]]
 Way = tuple[Callable[[bytes], Any], Callable[[Connection, Any], None]]
 WAYS: dict[str, Way] = {
     "json": (lambda readings_json: readings_json, insert_json),
-    "executemany": (prepare_executemany, insert_executemany),
+    "executemany": (reading_rows, insert_executemany),
     "values": (prepare_values, insert_values),
 }
 
@@ -146,7 +141,7 @@ def run_way(way: Way, commits: list[bytes], workdir: Path) -> float:
             first_ts = conn.execute(sa.text("SELECT ts_ms FROM readings WHERE id = 1")).scalar_one()
     finally:
         database.dispose()
-    expected = len(commits) * len(flat_rows(commits[0])) // len(READINGS_COLUMNS)
+    expected = len(commits) * len(reading_rows(commits[0]))
     if stored != expected or first_ts != START_MS + READINGS_PER_BATCH * 1000:  # batch 0 is seq 1
         raise SystemExit(f"stored {stored} readings (expected {expected}), the first at {first_ts}")
     return elapsed

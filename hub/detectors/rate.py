@@ -107,11 +107,9 @@ class RateOfChangeDetector(SeriesDetector[RateState]):
                 minute_count += 1
             else:
                 mean = minute_sum / minute_count
-                # A minute without readings breaks the chain: a rise is only sustained if it is seen.
-                if previous_mean is not None and previous_minute == minute - 1 and mean - previous_mean >= rising_rate:
-                    rising_minutes += 1
-                else:
-                    rising_minutes = 0
+                rising_minutes = _rising_minutes_after(
+                    rising_minutes, previous_mean, previous_minute, minute, mean, rising_rate=rising_rate
+                )
                 previous_mean, previous_minute = mean, minute
                 minute, minute_sum, minute_count = ts // MINUTE_MS, value, 1
             times.append(ts)
@@ -207,6 +205,24 @@ class RateOfChangeDetector(SeriesDetector[RateState]):
         return f"temperature changing at {rate:+.2f} °C/min (door open?)"
 
 
+def _rising_minutes_after(
+    rising_minutes: int,
+    previous_mean: float | None,
+    previous_minute: int,
+    minute: int,
+    mean: float,
+    *,
+    rising_rate: float,
+) -> int:
+    """The count of minutes in a row whose mean rose by ``rising_rate``, once ``minute`` closes with ``mean``.
+
+    A minute without readings breaks the chain: a rise is only sustained if it is seen.
+    """
+    if previous_mean is not None and previous_minute == minute - 1 and mean - previous_mean >= rising_rate:
+        return rising_minutes + 1
+    return 0
+
+
 def _pass_quiet_run(state: RateState, readings: Sequence[Reading], profile: ProductProfile) -> bool:
     """Judge a run that cannot open a finding as a whole, leaving ``state`` as reading by reading would.
 
@@ -217,17 +233,17 @@ def _pass_quiet_run(state: RateState, readings: Sequence[Reading], profile: Prod
     with ``state`` untouched, when the run may open a finding (the per-reading loop judges it then).
     The caller checks that no finding is open.
     """
-    times_run = [reading.ts_ms for reading in readings]
-    values_run = [reading.value for reading in readings]
-    values = [*state.values, *values_run]
-    if (max(values) - min(values)) * 60_000 / DOOR_MIN_SPAN_MS >= profile.door_rate_c_per_min:
-        return False
     rising_rate = profile.sustained_rate_c_per_min
     rising_needed = profile.sustained_rise_s
     minute, minute_sum, minute_count = state.minute, state.minute_sum, state.minute_count
     previous_mean, previous_minute, rising_minutes = state.previous_mean, state.previous_minute, state.rising_minutes
     if rising_minutes * 60 >= rising_needed:
         return False  # a rise already sustained (the profile has changed): the first reading opens
+    times_run = [reading.ts_ms for reading in readings]
+    values_run = [reading.value for reading in readings]
+    values = [*state.values, *values_run]
+    if (max(values) - min(values)) * 60_000 / DOOR_MIN_SPAN_MS >= profile.door_rate_c_per_min:
+        return False
     start, count = 0, len(times_run)
     while start < count:
         # Timestamps rise within a run (the set drops late readings): a minute is a slice.
@@ -239,10 +255,9 @@ def _pass_quiet_run(state: RateState, readings: Sequence[Reading], profile: Prod
         if end == count:
             break
         mean = minute_sum / minute_count
-        if previous_mean is not None and previous_minute == minute - 1 and mean - previous_mean >= rising_rate:
-            rising_minutes += 1
-        else:
-            rising_minutes = 0
+        rising_minutes = _rising_minutes_after(
+            rising_minutes, previous_mean, previous_minute, minute, mean, rising_rate=rising_rate
+        )
         if rising_minutes * 60 >= rising_needed:
             return False
         previous_mean, previous_minute = mean, minute
