@@ -395,6 +395,9 @@ def main() -> None:
     )
     parser.add_argument("--keep", type=Path, default=None)
     args = parser.parse_args()
+    if len(set(args.levels)) != len(args.levels):
+        # Each level runs in a directory named after it: a repeated level would find the last one's hub and store.
+        parser.error("--levels must all differ; run the command again to repeat a level")
     print(machine())
     print("command: PYTHONPATH=. " + shlex.join([sys.executable, *sys.argv]))
     tmp = None if args.keep else tempfile.TemporaryDirectory()
